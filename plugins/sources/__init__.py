@@ -1,0 +1,1 @@
+"""Sensor sources: cameras (OpenCV), microphones (sounddevice), files and synthetic."""

@@ -1,0 +1,58 @@
+"""streamfuse: camera + microphone -> synchronized image+audio fusion inference over ZeroMQ.
+
+The core package imports no camera, audio or deep-learning library; those live in
+``streamfuse_plugins`` and load when a source, model or backend is asked for.
+"""
+
+from .capture import AudioOptions, VideoOptions, open_source, run_capture
+from .errors import (
+    ConfigError,
+    DecodeError,
+    DeviceNotFound,
+    EndpointError,
+    SourceError,
+    StreamfuseError,
+)
+from .messages import (
+    PROTOCOL_VERSION,
+    AudioWindow,
+    Classification,
+    Envelope,
+    Heartbeat,
+    Message,
+    VideoFrame,
+    audio_array,
+    decode,
+    encode,
+    image_array,
+)
+from .transport import Publisher, Subscriber
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AudioOptions",
+    "AudioWindow",
+    "Classification",
+    "ConfigError",
+    "DecodeError",
+    "DeviceNotFound",
+    "EndpointError",
+    "Envelope",
+    "Heartbeat",
+    "Message",
+    "Publisher",
+    "SourceError",
+    "StreamfuseError",
+    "Subscriber",
+    "VideoFrame",
+    "VideoOptions",
+    "__version__",
+    "audio_array",
+    "decode",
+    "encode",
+    "image_array",
+    "open_source",
+    "run_capture",
+]

@@ -1,0 +1,95 @@
+"""Every error streamfuse raises derives from :class:`StreamfuseError`.
+
+Each subclass builds its own message from the facts it was given, so the text always names
+the thing that was wrong (the field, the endpoint, the file, the device) and, where there is
+one, what to do about it. The CLI prints ``str(err)`` without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "DeviceNotFound",
+    "EndpointError",
+    "RejectReason",
+    "SourceError",
+    "StreamfuseError",
+]
+
+
+class StreamfuseError(Exception):
+    """Base class of every error raised by streamfuse."""
+
+
+class ConfigError(StreamfuseError):
+    """A setting is missing, unknown or out of range."""
+
+    def __init__(self, field: str, problem: str, *, file: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.file = file
+        where = f" in {file}" if file else ""
+        super().__init__(f"{field}{where}: {problem}")
+
+
+class EndpointError(StreamfuseError):
+    """A ZeroMQ endpoint could not be bound or connected."""
+
+    def __init__(self, endpoint: str, action: str, reason: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"cannot {action} {endpoint!r}: {reason} "
+            "(endpoints look like tcp://127.0.0.1:5555 or ipc:///tmp/streamfuse/video)"
+        )
+
+
+class DeviceNotFound(StreamfuseError):
+    """A capture device named on the command line or in a config does not exist."""
+
+    def __init__(self, kind: str, wanted: str, available: Iterable[str]) -> None:
+        self.kind = kind
+        self.wanted = wanted
+        self.available = list(available)
+        listing = (
+            "\n".join(f"  {d}" for d in self.available) if self.available else "  (none found)"
+        )
+        super().__init__(f"no {kind} {wanted!r}; the {kind}s on this machine are:\n{listing}")
+
+
+class SourceError(StreamfuseError):
+    """A source exists but cannot be read: a corrupt file, an unsupported format."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+RejectReason = Literal[
+    "malformed",  # not MessagePack, or not a map, or wrong number of frames
+    "truncated",  # MessagePack that ends early
+    "oversized",  # header or payload over its limit
+    "invalid",  # fields of the wrong type or out of range
+    "size_mismatch",  # payload length disagrees with the shape in the header
+    "unknown_version",  # a schema version this build cannot read
+    "unknown_kind",  # a kind this build does not know
+]
+
+
+class DecodeError(StreamfuseError):
+    """A message from the wire was rejected. ``reason`` is one of :data:`RejectReason`."""
+
+    def __init__(self, reason: RejectReason, detail: str, *, topic: bytes | None = None) -> None:
+        self.reason: RejectReason = reason
+        self.detail = detail
+        self.topic = topic
+        on = f" on topic {topic.decode('utf-8', 'replace')!r}" if topic is not None else ""
+        super().__init__(f"rejected message{on} ({reason}): {detail}")
+
+
+def format_choices(choices: Sequence[str]) -> str:
+    return ", ".join(repr(c) for c in choices)

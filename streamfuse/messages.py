@@ -1,0 +1,251 @@
+"""The wire: typed message headers, and their encoding to and from ZeroMQ frames.
+
+One message is one ZeroMQ multipart ``[topic, header, payload?]``. The header is a plain
+MessagePack map (any language's msgpack library reads it) whose ``kind`` names one of the
+structs below and whose ``v`` is the schema version. Times are integer nanoseconds:
+``t_capture`` on CLOCK_MONOTONIC of the capturing box, ``t_wall`` on CLOCK_REALTIME.
+``docs/protocol.md`` is the language-neutral description of the same thing.
+
+Schema evolution (msgspec's rules): a new field always gets a default, so an old reader
+ignores it and a new reader fills it in; a field is never removed or retyped within a
+version; anything else bumps ``v``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Literal, NamedTuple, TypeAlias
+
+import msgspec
+import numpy as np
+
+from .errors import DecodeError
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "PIXEL_FORMATS",
+    "PROTOCOL_VERSION",
+    "SAMPLE_FORMATS",
+    "AudioWindow",
+    "Classification",
+    "Envelope",
+    "Heartbeat",
+    "Message",
+    "VideoFrame",
+    "audio_array",
+    "decode",
+    "encode",
+    "expected_payload_size",
+    "image_array",
+]
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+#: A 8K RGBA frame is 128 MiB; anything larger is a mistake or an attack.
+MAX_PAYLOAD_BYTES = 128 * 1024 * 1024
+
+#: bytes per pixel of each raw pixel format
+PIXEL_FORMATS: dict[str, int] = {"bgr8": 3, "rgb8": 3, "gray8": 1, "bgra8": 4, "rgba8": 4}
+#: bytes per sample of each PCM sample format (interleaved channels, little-endian)
+SAMPLE_FORMATS: dict[str, int] = {"f32le": 4, "s16le": 2}
+
+PixelFormat = Literal["bgr8", "rgb8", "gray8", "bgra8", "rgba8"]
+SampleFormat = Literal["f32le", "s16le"]
+Nanos = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Dimension = Annotated[int, msgspec.Meta(ge=1, le=16384)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class _Header(msgspec.Struct, kw_only=True, tag_field="kind"):
+    """Fields every message carries."""
+
+    v: int = PROTOCOL_VERSION
+    stream: Name
+    """Stream id, e.g. ``front`` for topic ``video/front``."""
+    seq: Count = 0
+    """Per-stream sequence number, +1 per message; a gap means messages were lost."""
+    t_capture: Nanos
+    """When the sensor saw it, CLOCK_MONOTONIC ns of the capturing box."""
+    t_wall: Nanos = 0
+    """The same instant on CLOCK_REALTIME ns, for humans and cross-host use."""
+    media_pos: Nanos | None = None
+    """File and replay sources: ns from the start of the source; ``None`` for live sensors."""
+
+
+class VideoFrame(_Header, kw_only=True, tag="video"):
+    """One camera frame. Payload: raw pixels, row-major, no padding, or one JPEG image."""
+
+    width: Dimension
+    height: Dimension
+    pixel_format: PixelFormat = "bgr8"
+    encoding: Literal["raw", "jpeg"] = "raw"
+
+
+class AudioWindow(_Header, kw_only=True, tag="audio"):
+    """A window of PCM samples covering ``[t_capture, t_capture + n_samples / sample_rate)``.
+
+    Payload: interleaved little-endian samples. ``t_capture`` is the time of the first sample.
+    """
+
+    sample_rate: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    channels: Annotated[int, msgspec.Meta(ge=1, le=64)]
+    sample_format: SampleFormat = "f32le"
+    n_samples: Annotated[int, msgspec.Meta(ge=1)]
+
+    @property
+    def t_end(self) -> int:
+        """Capture time just after the last sample (exclusive end of the window)."""
+        return self.t_capture + self.n_samples * 1_000_000_000 // self.sample_rate
+
+
+class Classification(_Header, kw_only=True, tag="classification"):
+    """A fused classification. Reserved here; the engine defines the full set of fields.
+
+    ``t_capture`` is the capture time of the latest input that went into it.
+    """
+
+    label: str = ""
+    score: float = 0.0
+    topk: list[tuple[str, float]] = msgspec.field(default_factory=list)
+
+
+class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
+    """Published about once a second by every process, on topic ``heartbeat/<topic>``."""
+
+    source: str = ""
+    """What the process reads, e.g. ``synthetic`` or ``/data/cam.mp4``."""
+    pid: int = 0
+    uptime_ns: Nanos = 0
+    sent: Count = 0
+    """Messages published since start."""
+    rate_hz: float = 0.0
+    """Messages per second over the last heartbeat interval."""
+    drops: dict[str, int] = msgspec.field(default_factory=dict)
+    """Messages lost, by reason (``input_overflow``, ``stream_gap``, ...)."""
+    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    """Errors, by kind (``reopen``, ``read_failed``, ``clock_resync``, ...)."""
+    last_error: str | None = None
+
+
+Message: TypeAlias = VideoFrame | AudioWindow | Classification | Heartbeat
+KINDS: dict[str, type[Message]] = {
+    "video": VideoFrame,
+    "audio": AudioWindow,
+    "classification": Classification,
+    "heartbeat": Heartbeat,
+}
+
+
+class _Peek(msgspec.Struct):
+    """Just enough of a header to say why a full decode failed."""
+
+    v: object = None
+    kind: object = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+_peek_decoder = msgspec.msgpack.Decoder(_Peek)
+
+
+class Envelope(NamedTuple):
+    """A received message: its topic, validated header and payload (zero-copy view)."""
+
+    topic: bytes
+    header: Message
+    payload: memoryview | None
+
+
+def encode(header: Message) -> bytes:
+    """Encode a header to MessagePack bytes."""
+    return _encoder.encode(header)
+
+
+def expected_payload_size(header: Message) -> int | None:
+    """Payload bytes the header implies; ``None`` where the size is not fixed (JPEG)."""
+    if isinstance(header, VideoFrame):
+        if header.encoding != "raw":
+            return None
+        return header.width * header.height * PIXEL_FORMATS[header.pixel_format]
+    if isinstance(header, AudioWindow):
+        return header.n_samples * header.channels * SAMPLE_FORMATS[header.sample_format]
+    return 0
+
+
+def decode(
+    parts: Sequence[bytes | memoryview],
+    *,
+    max_payload: int = MAX_PAYLOAD_BYTES,
+) -> Envelope:
+    """Validate and decode the frames of one multipart message.
+
+    Raises :class:`~streamfuse.errors.DecodeError` naming the reason: malformed, truncated,
+    oversized, invalid, size_mismatch, unknown_version or unknown_kind.
+    """
+    if len(parts) not in (2, 3):
+        raise DecodeError("malformed", f"expected 2 or 3 frames [topic, header, payload], got {len(parts)}")
+    topic = bytes(parts[0])
+    raw = parts[1]
+    if len(raw) > MAX_HEADER_BYTES:
+        raise DecodeError("oversized", f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}", topic=topic)
+    try:
+        header = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _explain(raw, exc, topic) from None
+    except msgspec.DecodeError as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text else "malformed"
+        raise DecodeError(reason, text, topic=topic) from None
+    if header.v != PROTOCOL_VERSION:
+        raise DecodeError(
+            "unknown_version", f"schema version {header.v!r}, this build reads {PROTOCOL_VERSION}", topic=topic
+        )
+
+    payload = memoryview(parts[2]) if len(parts) == 3 else None
+    size = 0 if payload is None else payload.nbytes
+    if size > max_payload:
+        raise DecodeError("oversized", f"payload is {size} bytes, limit {max_payload}", topic=topic)
+    expected = expected_payload_size(header)
+    if expected is None:  # JPEG: must at least start like one
+        if size < 4 or bytes(payload[:2]) != b"\xff\xd8":  # type: ignore[index]
+            raise DecodeError("size_mismatch", "jpeg payload does not start with a JPEG SOI marker", topic=topic)
+    elif size != expected:
+        raise DecodeError(
+            "size_mismatch", f"{header.__class__.__name__} header implies {expected} payload bytes, got {size}", topic=topic
+        )
+    return Envelope(topic, header, payload)
+
+
+def _explain(raw: bytes | memoryview, exc: msgspec.ValidationError, topic: bytes) -> DecodeError:
+    """Turn a failed typed decode into the most useful reason."""
+    try:
+        peek = _peek_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return DecodeError("malformed", f"header is not a MessagePack map: {exc}", topic=topic)
+    if peek.v != PROTOCOL_VERSION:
+        return DecodeError(
+            "unknown_version", f"schema version {peek.v!r}, this build reads {PROTOCOL_VERSION}", topic=topic
+        )
+    if isinstance(peek.kind, str) and peek.kind not in KINDS:
+        return DecodeError("unknown_kind", f"kind {peek.kind!r}, known: {sorted(KINDS)}", topic=topic)
+    return DecodeError("invalid", str(exc), topic=topic)
+
+
+def image_array(env: Envelope) -> np.ndarray:
+    """The payload of a raw :class:`VideoFrame` as a (H, W, C) uint8 array (no copy)."""
+    hdr = env.header
+    if not isinstance(hdr, VideoFrame) or hdr.encoding != "raw" or env.payload is None:
+        raise TypeError("image_array() needs a raw VideoFrame envelope")
+    channels = PIXEL_FORMATS[hdr.pixel_format]
+    return np.frombuffer(env.payload, dtype=np.uint8).reshape(hdr.height, hdr.width, channels)
+
+
+def audio_array(env: Envelope) -> np.ndarray:
+    """The payload of an :class:`AudioWindow` as a (n_samples, channels) array (no copy)."""
+    hdr = env.header
+    if not isinstance(hdr, AudioWindow) or env.payload is None:
+        raise TypeError("audio_array() needs an AudioWindow envelope")
+    dtype = np.dtype("<f4") if hdr.sample_format == "f32le" else np.dtype("<i2")
+    return np.frombuffer(env.payload, dtype=dtype).reshape(hdr.n_samples, hdr.channels)

@@ -1,0 +1,234 @@
+"""Publisher and subscriber: thin typed layers over ZeroMQ PUB/SUB.
+
+The publisher binds (sensors own their endpoint, consumers connect to as many as they like)
+and sends payloads zero-copy. The subscriber validates every message at the socket, counts
+what it rejects and the sequence gaps it sees, and never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import zmq
+
+from . import messages
+from .errors import DecodeError, EndpointError
+from .messages import Envelope, Message
+
+__all__ = ["Publisher", "StreamStats", "Subscriber", "heartbeat_topic"]
+
+log = logging.getLogger(__name__)
+
+
+def heartbeat_topic(topic: str) -> str:
+    """The topic a process publishes its heartbeats on, for data topic ``topic``."""
+    return f"heartbeat/{topic}"
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise EndpointError(endpoint, "bind", exc.strerror) from None
+
+
+class Publisher:
+    """Publishes messages on one bound endpoint.
+
+    Uses an XPUB socket so it can see subscriptions arrive (:meth:`wait_for_subscriber`)
+    without anyone sleeping. A subscriber slower than ``sndhwm`` messages loses messages (its
+    own, not other subscribers'), which it sees as sequence gaps.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 64,
+        linger_ms: int = 200,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        _bind(self._sock, endpoint)
+        # tcp://127.0.0.1:0 picks a free port; report the one it got.
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
+        self._subscriptions: Counter[bytes] = Counter()
+        self.sent = 0
+
+    def send(self, topic: str | bytes, header: Message, payload: object | None = None) -> None:
+        """Send one message. ``payload`` (bytes, memoryview, numpy array) is sent without a
+        copy: do not modify it afterwards."""
+        t = topic.encode() if isinstance(topic, str) else topic
+        parts: list[object] = [t, messages.encode(header)]
+        if payload is not None:
+            parts.append(payload)
+        self._sock.send_multipart(parts, copy=False)
+        self.sent += 1
+
+    def poll_subscriptions(self) -> int:
+        """Read pending (un)subscriptions; return how many topic prefixes are subscribed."""
+        while self._sock.poll(0):
+            msg = self._sock.recv()
+            if msg[:1] == b"\x01":
+                self._subscriptions[msg[1:]] += 1
+            elif msg[:1] == b"\x00":
+                self._subscriptions[msg[1:]] -= 1
+                if self._subscriptions[msg[1:]] <= 0:
+                    del self._subscriptions[msg[1:]]
+        return len(self._subscriptions)
+
+    def wait_for_subscriber(self, timeout: float = 5.0, topic: bytes | None = None) -> bool:
+        """Block until some subscription (one matching ``topic`` if given) has arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll_subscriptions()
+            if any(topic is None or topic.startswith(p) for p in self._subscriptions):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._sock.poll(int(min(remaining, 0.05) * 1000))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class StreamStats:
+    """What a subscriber saw of one topic."""
+
+    received: int = 0
+    gaps: int = 0
+    """Messages missing between consecutive sequence numbers (lost upstream or at a HWM)."""
+    reordered: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    last_seq: int | None = None
+
+    def rate_hz(self) -> float:
+        span = self.last_ns - self.first_ns
+        return (self.received - 1) * 1e9 / span if span > 0 and self.received > 1 else 0.0
+
+
+@dataclass
+class _Stats:
+    streams: dict[bytes, StreamStats] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Subscriber:
+    """Receives validated messages from one or more publisher endpoints.
+
+    Rejected messages (see :class:`~streamfuse.errors.DecodeError`) are counted in
+    :attr:`rejected` by reason, logged at most once a second, and skipped.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        topics: Iterable[str | bytes] = ("",),
+        *,
+        rcvhwm: int = 64,
+        max_payload: int = messages.MAX_PAYLOAD_BYTES,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._max_payload = max_payload
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        for t in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode() if isinstance(t, str) else t)
+        for ep in self.endpoints:
+            try:
+                self._sock.connect(ep)
+            except zmq.ZMQError as exc:
+                self._sock.close(linger=0)
+                raise EndpointError(ep, "connect to", exc.strerror) from None
+        self._stats = _Stats()
+        self._last_complaint = 0.0
+
+    @property
+    def streams(self) -> dict[bytes, StreamStats]:
+        """Per-topic receive statistics."""
+        return self._stats.streams
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejected messages by reason."""
+        return self._stats.rejected
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The underlying SUB socket, for use with a ``zmq.Poller``."""
+        return self._sock
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        """Return the next valid message, or ``None`` if ``timeout`` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if not self._sock.poll(max(0, remaining_ms)):
+                    return None
+            frames = self._sock.recv_multipart(copy=False)
+            env = self._accept(frames)
+            if env is not None:
+                return env
+
+    def _accept(self, frames: list[zmq.Frame]) -> Envelope | None:
+        # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
+        parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
+        parts.extend(f.buffer for f in frames[2:])
+        try:
+            env = messages.decode(parts, max_payload=self._max_payload)
+        except DecodeError as err:
+            self._stats.rejected[err.reason] += 1
+            now = time.monotonic()
+            if now - self._last_complaint > 1.0:
+                self._last_complaint = now
+                log.warning("%s (%d rejected so far)", err, sum(self._stats.rejected.values()))
+            return None
+        self._count(env)
+        return env
+
+    def _count(self, env: Envelope) -> None:
+        st = self._stats.streams.get(env.topic)
+        now = time.monotonic_ns()
+        if st is None:
+            st = self._stats.streams[env.topic] = StreamStats(first_ns=now)
+        seq = env.header.seq
+        if st.last_seq is not None:
+            if seq > st.last_seq + 1:
+                st.gaps += seq - st.last_seq - 1
+            elif seq <= st.last_seq:
+                # A restarted publisher starts again at 0; anything else is reordering.
+                st.reordered += 1 if seq != 0 else 0
+        st.last_seq = seq
+        st.received += 1
+        st.last_ns = now
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
