@@ -5,6 +5,11 @@ first block's time and advanced by exactly ``1/rate`` per sample. Block times re
 the device (PortAudio's ADC time) keep the timeline honest: a small disagreement (clock
 drift between the sound card and CLOCK_MONOTONIC) is slewed away gently; a large one
 (samples lost to an input overflow, a clock step) starts a new timeline and is counted.
+
+Device ADC times can also be plain wrong: through PulseAudio's ALSA plugin, blocks arrive in
+pairs every 20 ms with the same reported delay, so half of them would "end" 5 ms after they
+were delivered. When the caller says when a block was delivered, the timeline is clamped so
+that no block ends after its delivery: a sample is never captured after we held it.
 """
 
 from __future__ import annotations
@@ -48,9 +53,12 @@ class Windower:
         assert self._anchor_t is not None
         return self._anchor_t + (index - self._anchor_i) * NS // self.rate
 
-    def push(self, block: np.ndarray, t_first: int | None = None) -> list[tuple[np.ndarray, int]]:
+    def push(
+        self, block: np.ndarray, t_first: int | None = None, t_delivered: int | None = None
+    ) -> list[tuple[np.ndarray, int]]:
         """Add a (n, channels) block whose first sample was captured at ``t_first`` ns
-        (``None``: continue the timeline). Return the completed ``(samples, t0)`` windows."""
+        (``None``: continue the timeline) and that reached us at ``t_delivered`` ns (optional).
+        Return the completed ``(samples, t0)`` windows."""
         if block.ndim != 2 or block.shape[1] != self.channels:
             raise ValueError(f"block must be (n, {self.channels}), got {block.shape}")
         end = self._buf_start + len(self._buf)
@@ -65,6 +73,10 @@ class Windower:
                     self._anchor_t += err // self._slew
         elif self._anchor_t is None:
             raise ValueError("the first block needs a capture time")
+        if t_delivered is not None:
+            late = self.time_of(end + len(block)) - t_delivered
+            if late > 0:
+                self._anchor_t -= late
         self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)])
         out: list[tuple[np.ndarray, int]] = []
         end = self._buf_start + len(self._buf)

@@ -184,9 +184,12 @@ def decode(
     Raises :class:`~streamfuse.errors.DecodeError` naming the reason: malformed, truncated,
     oversized, invalid, size_mismatch, unknown_version or unknown_kind.
     """
+    topic = bytes(parts[0]) if parts else None
     if len(parts) not in (2, 3):
-        raise DecodeError("malformed", f"expected 2 or 3 frames [topic, header, payload], got {len(parts)}")
-    topic = bytes(parts[0])
+        raise DecodeError(
+            "malformed", f"expected 2 or 3 frames [topic, header, payload], got {len(parts)}", topic=topic
+        )
+    assert topic is not None
     raw = parts[1]
     if len(raw) > MAX_HEADER_BYTES:
         raise DecodeError("oversized", f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}", topic=topic)

@@ -37,6 +37,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         raise EndpointError(endpoint, "bind", exc.strerror) from None
 
 
+
 class Publisher:
     """Publishes messages on one bound endpoint.
 
@@ -54,11 +55,17 @@ class Publisher:
         context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self._ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
-        _bind(self._sock, endpoint)
+        try:
+            _bind(self._sock, endpoint)
+        except EndpointError:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
         # tcp://127.0.0.1:0 picks a free port; report the one it got.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
         self._subscriptions: Counter[bytes] = Counter()
@@ -100,6 +107,8 @@ class Publisher:
 
     def close(self) -> None:
         self._sock.close()
+        if self._own_ctx:
+            self._ctx.term()
 
     def __enter__(self) -> Publisher:
         return self
@@ -116,12 +125,13 @@ class StreamStats:
     gaps: int = 0
     """Messages missing between consecutive sequence numbers (lost upstream or at a HWM)."""
     reordered: int = 0
-    first_ns: int = 0
-    last_ns: int = 0
+    first_capture_ns: int = 0
+    last_capture_ns: int = 0
     last_seq: int | None = None
 
     def rate_hz(self) -> float:
-        span = self.last_ns - self.first_ns
+        """Messages per second by their capture times (arrival jitter does not count)."""
+        span = self.last_capture_ns - self.first_capture_ns
         return (self.received - 1) * 1e9 / span if span > 0 and self.received > 1 else 0.0
 
 
@@ -210,9 +220,9 @@ class Subscriber:
 
     def _count(self, env: Envelope) -> None:
         st = self._stats.streams.get(env.topic)
-        now = time.monotonic_ns()
+        t = env.header.t_capture
         if st is None:
-            st = self._stats.streams[env.topic] = StreamStats(first_ns=now)
+            st = self._stats.streams[env.topic] = StreamStats(first_capture_ns=t)
         seq = env.header.seq
         if st.last_seq is not None:
             if seq > st.last_seq + 1:
@@ -222,7 +232,7 @@ class Subscriber:
                 st.reordered += 1 if seq != 0 else 0
         st.last_seq = seq
         st.received += 1
-        st.last_ns = now
+        st.last_capture_ns = t
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -63,9 +63,11 @@ class AudioWindows:
         self.wall = WallClock()
         self.media_epoch = media_epoch
 
-    def push(self, block: np.ndarray, t_first: int | None = None) -> list[tuple[AudioWindow, object]]:
+    def push(
+        self, block: np.ndarray, t_first: int | None = None, t_delivered: int | None = None
+    ) -> list[tuple[AudioWindow, object]]:
         out: list[tuple[AudioWindow, object]] = []
-        for samples, t0 in self.windower.push(block, t_first):
+        for samples, t0 in self.windower.push(block, t_first, t_delivered):
             header = AudioWindow(
                 stream=self.opts.stream,
                 t_capture=t0,

@@ -59,7 +59,7 @@ class Microphone(SourceBase):
         except ValueError:
             raise DeviceNotFound("microphone", arg, list_microphones()) from None
         self.description = f"microphone {info['name']}"
-        self._q: queue.SimpleQueue[tuple[np.ndarray, int, bool]] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[tuple[np.ndarray, int, int, bool]] = queue.SimpleQueue()
         self._windows = AudioWindows(opts)
         try:
             self._stream = sd.InputStream(
@@ -80,7 +80,7 @@ class Microphone(SourceBase):
             t_first = now - round((t.currentTime - t.inputBufferAdcTime) * NS)
         else:  # host API without ADC times: the block ended about now
             t_first = now - frames * NS // self.opts.rate
-        self._q.put((indata.copy(), t_first, bool(status.input_overflow)))
+        self._q.put((indata.copy(), t_first, now, bool(status.input_overflow)))
 
     def read(self) -> list[tuple[AudioWindow, object]] | None:
         out: list[tuple[AudioWindow, object]] = []
@@ -92,10 +92,10 @@ class Microphone(SourceBase):
                 return None
             return out
         while True:
-            block, t_first, overflow = item
+            block, t_first, t_delivered, overflow = item
             if overflow:
                 self.drops["input_overflow"] += 1
-            out.extend(self._windows.push(block, t_first))
+            out.extend(self._windows.push(block, t_first, t_delivered))
             try:
                 item = self._q.get_nowait()
             except queue.Empty:

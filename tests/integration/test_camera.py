@@ -1,0 +1,157 @@
+"""The camera capture process: real OpenCV decoding of real files and a live HTTP stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from streamfuse import messages as m
+from streamfuse.transport import Subscriber
+
+from ..conftest import Children, require_tool
+from .helpers import collect, free_port, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def make_video(path: Path, *, seconds: float, fps: int, size: str = "320x240", color: str | None = None) -> Path:
+    ffmpeg = require_tool("ffmpeg")
+    src = f"color=c={color}:size={size}:rate={fps}" if color else f"testsrc=size={size}:rate={fps}"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"{src}:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    return path
+
+
+def test_video_file_is_decoded_and_published_frame_by_frame(tmp_path: Path, endpoint: str,
+                                                           children: Children) -> None:
+    video = make_video(tmp_path / "red.mp4", seconds=2, fps=24, color="red")
+    with Subscriber(endpoint, ["video/"]) as sub:
+        proc = children.streamfuse("capture", "camera", "--source", str(video), "--topic", "video/front",
+                                   "--endpoint", endpoint, "--fast", "--wait-for-subscriber", "10", "--json")
+        frames = collect(sub, 48, timeout=30)
+        status, out, err = children.stop(proc)
+    assert status == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["ended"] == "eof"
+    assert [f.header.seq for f in frames] == list(range(48))
+    h = frames[0].header
+    assert isinstance(h, m.VideoFrame) and (h.width, h.height, h.pixel_format) == (320, 240, "bgr8")
+    # Real decoding: the pixels are the red ffmpeg drew (BGR), give or take YUV rounding.
+    b, g, r = m.image_array(frames[10]).reshape(-1, 3).mean(axis=0)
+    assert r > 200 and g < 40 and b < 40
+    # Media positions step by one frame period and capture time = epoch + media position.
+    pos = np.array([f.header.media_pos for f in frames])
+    assert np.allclose(np.diff(pos), 1e9 / 24, atol=2e6)
+    t = np.array([f.header.t_capture for f in frames])
+    assert np.all(t - pos == t[0] - pos[0])
+
+
+def test_file_plays_at_its_native_rate_by_default(tmp_path: Path, endpoint: str, children: Children) -> None:
+    video = make_video(tmp_path / "clip.mp4", seconds=2, fps=24)
+    with Subscriber(endpoint, ["video/"]) as sub:
+        proc = children.streamfuse("capture", "camera", "--source", str(video), "--topic", "video/front",
+                                   "--endpoint", endpoint, "--wait-for-subscriber", "10")
+        frames = collect(sub, 48, timeout=30)
+        arrival = time.monotonic_ns()
+        children.stop(proc)
+    assert len(frames) == 48
+    span = (frames[-1].header.t_capture - frames[0].header.t_capture) / 1e9
+    assert span == pytest.approx(47 / 24, abs=0.01)
+    # Published when due: the last frame is not sent long before its capture time.
+    assert -0.05 < (arrival - frames[-1].header.t_capture) / 1e9 < 0.5
+
+
+def test_resize_and_jpeg(tmp_path: Path, endpoint: str, children: Children) -> None:
+    with Subscriber(endpoint, ["video/"]) as sub:
+        proc = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/side",
+                                   "--endpoint", endpoint, "--width", "160", "--height", "120",
+                                   "--jpeg", "80", "--fps", "60")
+        frames = collect(sub, 5, timeout=20)
+        status, _, err = children.stop(proc)
+    assert status == 0, err
+    h = frames[-1].header
+    assert isinstance(h, m.VideoFrame) and h.encoding == "jpeg" and h.stream == "side"
+    img = cv2.imdecode(np.frombuffer(frames[-1].payload, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (120, 160, 3)
+
+
+def test_live_http_stream_is_read_and_reopened_after_it_drops(endpoint: str, children: Children) -> None:
+    ffmpeg = require_tool("ffmpeg")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    serve = [ffmpeg, "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=640x480:rate=30",
+             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
+             "-f", "mpegts", "-listen", "1", url]
+    server = children.start(serve)
+    with Subscriber(endpoint, ["video/", "heartbeat/"]) as sub:
+        cam = children.streamfuse("capture", "camera", "--source", url, "--topic", "video/net",
+                                  "--endpoint", endpoint, "--heartbeat", "0.5")
+        first = collect(sub, 30, timeout=30, topic=b"video/net")
+        assert len(first) == 30
+        assert (first[0].header.width, first[0].header.height) == (640, 480)
+        fps = 29 * 1e9 / (first[-1].header.t_capture - first[0].header.t_capture)
+        assert 20 < fps < 40
+        server.kill()
+        server.wait()
+        time.sleep(1.0)  # let the stream stay down for a while: a real gap
+        children.start(serve)
+        resumed = collect(sub, 10, timeout=40, topic=b"video/net")
+        assert len(resumed) == 10, "the camera did not reopen the stream"
+        beats = [e.header for e in collect(sub, 3, timeout=5, topic=b"heartbeat/video/net")]
+        status, _, err = children.stop(cam)
+    assert status == 0, err
+    assert beats and beats[-1].errors.get("stream_gap", 0) >= 1
+    assert "was down for" in (beats[-1].last_error or "")
+
+
+def test_missing_device_lists_the_cameras_that_exist(endpoint: str) -> None:
+    res = run_cli("capture", "camera", "--source", "7", "--topic", "video/x",
+                          "--endpoint", endpoint)
+    assert res.returncode == 2
+    assert "error: no camera '7'; the cameras on this machine are:" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 1000, b"not a video at all" * 100])
+def test_corrupt_video_file_is_a_clear_error(tmp_path: Path, endpoint: str, content: bytes) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    res = run_cli("capture", "camera", "--source", str(bad), "--topic", "video/x",
+                          "--endpoint", endpoint)
+    assert res.returncode == 2
+    assert f"error: {bad}: not a video OpenCV/FFmpeg can decode" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--source", "/no/such.mp4", "--topic", "video/x"], "no such video file"),
+        (["--source", "synthetic", "--topic", "video/x", "--endpoint", "bogus"], "cannot bind 'bogus'"),
+        (["--source", "synthetic", "--topic", "heartbeat/x"], "--topic"),
+        (["--source", "synthetic", "--topic", "video/x", "--jpeg", "500"], "--jpeg"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(endpoint: str, args: list[str], needle: str) -> None:
+    if "--endpoint" not in args:
+        args = [*args, "--endpoint", endpoint]
+    res = run_cli("capture", "camera", *args)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_sigterm_stops_cleanly_with_a_summary(endpoint: str, children: Children) -> None:
+    with Subscriber(endpoint, ["video/"]) as sub:
+        proc = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/front",
+                                   "--endpoint", endpoint, "--json")
+        assert len(collect(sub, 3, timeout=20)) == 3
+        status, out, err = children.stop(proc)
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["ended"] == "stopped" and summary["sent"] >= 3

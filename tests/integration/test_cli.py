@@ -1,0 +1,63 @@
+"""`streamfuse subscribe`, `streamfuse demo` and `streamfuse devices` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ..conftest import Children
+from .helpers import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_subscribe_prints_json_lines_and_a_summary(endpoint: str, children: Children) -> None:
+    cam = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/front",
+                              "--endpoint", endpoint, "--width", "64", "--height", "48", "--fps", "50")
+    res = run_cli("subscribe", "--endpoint", endpoint, "--topic", "video/", "--count", "20", "--json")
+    children.stop(cam)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(lines) == 20
+    first = lines[0]
+    assert first["topic"] == "video/front" and first["kind"] == "video"
+    assert (first["width"], first["height"], first["payload_bytes"]) == (64, 48, 64 * 48 * 3)
+    assert [x["seq"] for x in lines] == list(range(lines[0]["seq"], lines[0]["seq"] + 20))
+    summary = json.loads(res.stderr.strip().splitlines()[-1])
+    (row,) = summary["summary"]
+    assert row["received"] == 20 and row["gaps"] == 0 and 35 < row["rate_hz"] < 65
+
+
+def test_subscribe_human_output(endpoint: str, children: Children) -> None:
+    mic = children.streamfuse("capture", "mic", "--source", "synthetic", "--topic", "audio/mic0",
+                              "--endpoint", endpoint, "--window-ms", "100", "--hop-ms", "100",
+                              "--heartbeat", "0.2")
+    res = run_cli("subscribe", "--endpoint", endpoint, "--count", "12")
+    children.stop(mic)
+    assert res.returncode == 0, res.stderr
+    assert "audio/mic0" in res.stdout and "16000 Hz x1 f32le 1600 samples (100 ms)" in res.stdout
+    assert "heartbeat/audio/mic0" in res.stdout
+    assert "-- summary --" in res.stdout
+
+
+def test_demo_runs_both_sensors_and_reports(tmp_path: object) -> None:
+    res = run_cli("demo", "--duration", "4", "--json", timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = {r["topic"]: r for r in json.loads(res.stdout.strip().splitlines()[-1])["summary"]}
+    assert 25 < rows["video/front"]["rate_hz"] < 35
+    assert rows["audio/mic0"]["received"] >= 5
+    assert rows["video/front"]["gaps"] == 0 and rows["audio/mic0"]["gaps"] == 0
+    assert {"heartbeat/video/front", "heartbeat/audio/mic0"} <= set(rows)
+
+
+def test_devices_lists_what_exists() -> None:
+    res = run_cli("devices", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert isinstance(out["cameras"], list) and isinstance(out["microphones"], list)
+
+
+def test_unknown_command_and_option_are_usage_errors() -> None:
+    res = run_cli("capture", "camera", "--sauce", "x")
+    assert res.returncode == 2 and "No such option '--sauce'" in res.stderr

@@ -1,0 +1,102 @@
+"""Publisher and Subscriber over real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamfuse import messages as m
+from streamfuse.errors import EndpointError
+from streamfuse.transport import Publisher, Subscriber
+
+pytestmark = pytest.mark.integration
+
+
+def frame(seq: int, w: int = 64, h: int = 48) -> tuple[m.VideoFrame, np.ndarray]:
+    img = np.full((h, w, 3), seq % 256, np.uint8)
+    return m.VideoFrame(stream="front", seq=seq, t_capture=seq, width=w, height=h), img
+
+
+def test_frames_arrive_intact_and_in_order(endpoint: str, zctx: zmq.Context) -> None:
+    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, ["video/"], context=zctx) as sub:
+        assert pub.wait_for_subscriber(5, b"video/front")
+        for i in range(20):
+            pub.send("video/front", *frame(i))
+        got = [sub.recv(timeout=5) for _ in range(20)]
+    assert [e.header.seq for e in got if e] == list(range(20))
+    assert all(int(m.image_array(e)[0, 0, 0]) == e.header.seq for e in got if e)
+    assert sub.streams[b"video/front"].gaps == 0
+
+
+def test_sequence_gaps_are_counted(endpoint: str, zctx: zmq.Context) -> None:
+    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, context=zctx) as sub:
+        assert pub.wait_for_subscriber(5)
+        for i in (0, 1, 5, 6, 3):
+            pub.send("video/front", *frame(i))
+        for _ in range(5):
+            assert sub.recv(timeout=5) is not None
+    st_ = sub.streams[b"video/front"]
+    assert (st_.received, st_.gaps, st_.reordered) == (5, 3, 1)
+
+
+def test_recv_times_out_with_none(endpoint: str, zctx: zmq.Context) -> None:
+    with Publisher(endpoint, context=zctx), Subscriber(endpoint, context=zctx) as sub:
+        assert sub.recv(timeout=0.05) is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.lists(st.binary(max_size=64), min_size=1, max_size=4), min_size=1, max_size=5))
+def test_garbage_on_the_socket_is_counted_and_the_subscriber_keeps_going(
+    endpoint: str, zctx: zmq.Context, garbage: list[list[bytes]]
+) -> None:
+    raw = zctx.socket(zmq.XPUB)
+    raw.bind(endpoint)
+    try:
+        with Subscriber(endpoint, context=zctx) as sub:
+            raw.recv()  # the subscription: the subscriber is connected
+            for parts in garbage:
+                raw.send_multipart([b"video/front", *parts])
+            good_header, img = frame(7)
+            raw.send_multipart([b"video/front", m.encode(good_header), img.tobytes()])
+            env = sub.recv(timeout=5)
+            assert env is not None and env.header.seq == 7
+            # Every garbage message was either rejected and counted, or happened to be valid.
+            assert sum(sub.rejected.values()) + sub.streams[b"video/front"].received - 1 == len(garbage)
+    finally:
+        raw.close(linger=0)
+
+
+def test_specific_rejections_are_counted_by_reason(endpoint: str, zctx: zmq.Context) -> None:
+    raw = zctx.socket(zmq.XPUB)
+    raw.bind(endpoint)
+    try:
+        with Subscriber(endpoint, context=zctx) as sub:
+            raw.recv()
+            hdr, img = frame(1)
+            raw.send_multipart([b"video/front", m.encode(hdr), img.tobytes()[:-1]])  # short payload
+            raw.send_multipart([b"video/front", b"\xc1\xc1"])  # not msgpack
+            raw.send_multipart([b"video/front", msgpack.packb({**msgpack.unpackb(m.encode(hdr)), "v": 99}),
+                                img.tobytes()])
+            raw.send_multipart([b"video/front", m.encode(hdr), img.tobytes()])
+            assert sub.recv(timeout=5) is not None
+            assert sub.rejected == {"size_mismatch": 1, "malformed": 1, "unknown_version": 1}
+    finally:
+        raw.close(linger=0)
+
+
+def test_bad_endpoints_name_the_endpoint(zctx: zmq.Context) -> None:
+    with pytest.raises(EndpointError, match="'nonsense'"):
+        Publisher("nonsense", context=zctx)
+    with pytest.raises(EndpointError, match="tcp://127.0.0.1:notaport"):
+        Subscriber("tcp://127.0.0.1:notaport", context=zctx)
+
+
+def test_two_publishers_cannot_bind_one_endpoint(endpoint: str, zctx: zmq.Context) -> None:
+    tcp = "tcp://127.0.0.1:*"
+    with Publisher(tcp, context=zctx) as first:
+        with pytest.raises(EndpointError, match="Address already in use"):
+            Publisher(first.endpoint, context=zctx)

@@ -1,0 +1,84 @@
+"""Windowing PCM blocks into timestamped windows (pure logic, property-based)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamfuse.audio import Windower, to_wire
+
+NS = 1_000_000_000
+
+
+@given(
+    rate=st.sampled_from([8000, 16000, 44100, 48000]),
+    window=st.integers(1, 400),
+    hop=st.integers(1, 500),
+    blocks=st.lists(st.integers(0, 300), min_size=1, max_size=40),
+    t0=st.integers(0, 10**15),
+)
+def test_windows_are_exact_slices_timed_at_the_sample_rate(
+    rate: int, window: int, hop: int, blocks: list[int], t0: int
+) -> None:
+    total = sum(blocks)
+    signal = np.arange(total, dtype=np.float32)[:, None]
+    w = Windower(rate, 1, window, hop)
+    out, pos = [], 0
+    for i, n in enumerate(blocks):
+        out += w.push(signal[pos : pos + n], t0 if i == 0 else None)
+        pos += n
+    expected_starts = list(range(0, total - window + 1, hop))
+    assert [int(s[0, 0]) if len(s) else None for s, _ in out] == expected_starts
+    for (samples, t), start in zip(out, expected_starts):
+        np.testing.assert_array_equal(samples[:, 0], signal[start : start + window, 0])
+        assert t == t0 + start * NS // rate
+
+
+def test_block_times_within_tolerance_slew_the_timeline_gently() -> None:
+    w = Windower(16000, 1, 160, 160, slew=4)
+    block = np.zeros((160, 1), np.float32)
+    (_, t_a), = w.push(block, 0)
+    # The device says the next block started 2 ms later than the sample count predicts.
+    (_, t_b), = w.push(block, 10_000_000 + 2_000_000)
+    assert t_b == 10_000_000 + 2_000_000 // 4
+    assert w.counters["clock_resync"] == 0
+
+
+def test_a_jump_beyond_tolerance_starts_a_new_timeline_and_is_counted() -> None:
+    w = Windower(16000, 1, 320, 160)
+    block = np.ones((160, 1), np.float32)
+    assert w.push(block, 0) == []
+    # 500 ms of samples were lost (input overflow): the half-built window is discarded.
+    assert w.push(block, 510_000_000) == []
+    (_, t), = w.push(block, None)
+    assert t == 510_000_000
+    assert w.counters == {"clock_resync": 1, "samples_discarded": 160}
+
+
+def test_blocks_of_the_wrong_shape_are_refused() -> None:
+    w = Windower(16000, 2, 10, 10)
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        w.push(np.zeros((10, 1), np.float32), 0)
+    with pytest.raises(ValueError, match="capture time"):
+        Windower(16000, 1, 10, 10).push(np.zeros((10, 1), np.float32))
+
+
+def test_wire_formats() -> None:
+    x = np.array([[-1.5], [-1.0], [0.0], [0.5], [1.0]], dtype=np.float32)
+    assert to_wire(x, "s16le").tolist() == [[-32768], [-32767], [0], [16383], [32767]]
+    assert to_wire(x, "f32le").dtype == np.dtype("<f4")
+    with pytest.raises(ValueError, match="u8"):
+        to_wire(x, "u8")
+
+
+def test_no_block_ends_after_it_was_delivered() -> None:
+    """ADC times that claim a block ended after we received it are overruled."""
+    w = Windower(16000, 1, 160, 160)
+    block = np.zeros((160, 1), np.float32)
+    # Reported capture start 0, so the block would end at 10 ms, but it arrived at 6 ms.
+    (_, t), = w.push(block, 0, t_delivered=6_000_000)
+    assert t == -4_000_000
+    (_, t2), = w.push(block, 10_000_000, t_delivered=30_000_000)
+    assert t2 - t == 10_000_000 + (10_000_000 - 6_000_000) // 64

@@ -1,0 +1,145 @@
+"""The wire format: round trips, plain-msgpack interop, and rejection of bad input."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamfuse import messages as m
+from streamfuse.errors import DecodeError
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
+nanos = st.integers(0, 2**63 - 1)
+base = {"stream": names, "seq": st.integers(0, 2**63 - 1), "t_capture": nanos, "t_wall": nanos,
+        "media_pos": st.none() | nanos}
+
+video = st.builds(m.VideoFrame, width=st.integers(1, 64), height=st.integers(1, 64),
+                  pixel_format=st.sampled_from(sorted(m.PIXEL_FORMATS)), **base)
+audio = st.builds(m.AudioWindow, sample_rate=st.integers(1, 96000), channels=st.integers(1, 8),
+                  sample_format=st.sampled_from(sorted(m.SAMPLE_FORMATS)),
+                  n_samples=st.integers(1, 512), **base)
+floats = st.floats(allow_nan=False, allow_infinity=False)
+classification = st.builds(m.Classification, label=st.text(max_size=10), score=floats,
+                           topk=st.lists(st.tuples(st.text(max_size=5), floats), max_size=3), **base)
+counters = st.dictionaries(st.text(max_size=10), st.integers(0, 2**31), max_size=4)
+heartbeat = st.builds(m.Heartbeat, source=st.text(max_size=20), rate_hz=floats, sent=st.integers(0, 2**40),
+                      drops=counters, errors=counters, last_error=st.none() | st.text(max_size=20), **base)
+any_header = st.one_of(video, audio, classification, heartbeat)
+
+
+def payload_for(h: m.Message) -> bytes | None:
+    size = m.expected_payload_size(h)
+    return None if not size else bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+
+def parts(h: m.Message, payload: bytes | None = None) -> list[bytes]:
+    out = [b"t/x", m.encode(h)]
+    p = payload if payload is not None else payload_for(h)
+    if p is not None:
+        out.append(p)
+    return out
+
+
+@given(any_header)
+def test_every_kind_round_trips(h: m.Message) -> None:
+    env = m.decode(parts(h))
+    assert env.header == h
+    assert (env.payload.tobytes() if env.payload is not None else None) == payload_for(h)
+
+
+@given(any_header)
+def test_plain_msgpack_reads_every_kind(h: m.Message) -> None:
+    """A C++ or Rust app with any msgpack library sees a plain map with these keys."""
+    plain = msgpack.unpackb(m.encode(h), raw=False, strict_map_key=False)
+    assert isinstance(plain, dict)
+    assert plain["v"] == m.PROTOCOL_VERSION
+    assert plain["kind"] == {m.VideoFrame: "video", m.AudioWindow: "audio",
+                             m.Classification: "classification", m.Heartbeat: "heartbeat"}[type(h)]
+    for field in h.__struct_fields__:
+        expected = getattr(h, field)
+        if isinstance(expected, list):  # tuples travel as arrays
+            expected = [list(x) for x in expected]
+        assert plain[field] == expected, field
+
+
+def test_a_message_built_with_plain_msgpack_decodes() -> None:
+    header = msgpack.packb({"kind": "audio", "v": 1, "stream": "mic0", "seq": 3, "t_capture": 10,
+                            "sample_rate": 16000, "channels": 1, "sample_format": "s16le",
+                            "n_samples": 4, "added_in_a_later_version": [1, 2]})
+    env = m.decode([b"audio/mic0", header, b"\x00" * 8])
+    assert isinstance(env.header, m.AudioWindow)
+    assert env.header.n_samples == 4 and env.header.t_wall == 0 and env.header.media_pos is None
+    assert m.audio_array(env).shape == (4, 1)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=300), min_size=0, max_size=4))
+def test_garbage_is_rejected_with_a_reason_never_a_crash(frames: list[bytes]) -> None:
+    try:
+        m.decode(frames)
+    except DecodeError as err:
+        assert err.reason in ("malformed", "truncated", "oversized", "invalid", "size_mismatch",
+                              "unknown_version", "unknown_kind")
+        assert str(err)
+
+
+@given(any_header, st.data())
+def test_truncated_headers_are_rejected(h: m.Message, data: st.DataObject) -> None:
+    raw = m.encode(h)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(DecodeError) as exc:
+        m.decode([b"t", raw[:cut], payload_for(h) or b""])
+    assert exc.value.reason in ("truncated", "malformed", "invalid")
+
+
+VF = m.VideoFrame(stream="front", t_capture=1, width=4, height=2)
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ([b"t"], "malformed"),
+        ([b"t", m.encode(VF), bytes(24), b"extra"], "malformed"),
+        ([b"t", b"\xc1", bytes(24)], "malformed"),
+        ([b"t", msgpack.packb([1, 2, 3]), bytes(24)], "malformed"),
+        ([b"t", m.encode(VF)[:-3], bytes(24)], "truncated"),
+        ([b"t", b"\x80" + bytes(m.MAX_HEADER_BYTES), b""], "oversized"),
+        ([b"t", m.encode(VF), bytes(23)], "size_mismatch"),
+        ([b"t", m.encode(VF), bytes(25)], "size_mismatch"),
+        ([b"t", m.encode(VF)], "size_mismatch"),
+        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "v": 2}), bytes(24)], "unknown_version"),
+        ([b"t", msgpack.packb({"v": 9, "kind": "hologram"}), b""], "unknown_version"),
+        ([b"t", msgpack.packb({"v": 1, "kind": "hologram"}), b""], "unknown_kind"),
+        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": -4}), bytes(24)], "invalid"),
+        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": "4"}), bytes(24)], "invalid"),
+        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "pixel_format": "yuv"}), bytes(24)], "invalid"),
+        ([b"t", m.encode(m.VideoFrame(stream="f", t_capture=1, width=4, height=2, encoding="jpeg")), b"GIF89a"],
+         "size_mismatch"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_each_reject_reason(frames: list[bytes], reason: str) -> None:
+    with pytest.raises(DecodeError) as exc:
+        m.decode(frames)
+    assert exc.value.reason == reason
+    assert "rejected message on topic 't'" in str(exc.value)
+
+
+def test_payload_over_the_limit_is_oversized() -> None:
+    with pytest.raises(DecodeError) as exc:
+        m.decode([b"t", m.encode(VF), bytes(24)], max_payload=16)
+    assert exc.value.reason == "oversized"
+
+
+def test_arrays_are_views_of_the_payload() -> None:
+    env = m.decode([b"t", m.encode(VF), bytes(range(24))])
+    img = m.image_array(env)
+    assert img.shape == (2, 4, 3) and img[1, 3, 2] == 23
+    assert not img.flags.writeable or img.base is not None
+
+
+def test_audio_window_end_time() -> None:
+    w = m.AudioWindow(stream="a", t_capture=1_000, sample_rate=16000, channels=1, n_samples=8000)
+    assert w.t_end == 1_000 + 500_000_000
