@@ -7,6 +7,7 @@ ready-made headers and payloads; this loop numbers them, publishes them and repo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -141,7 +142,7 @@ def _plugins(kind: Kind) -> dict[str, Callable[[], type]]:
     """name -> loader, built-ins first, then installed entry points (which may override)."""
     found: dict[str, Callable[[], type]] = {}
     for name, target in _BUILTIN[kind].items():
-        found[name] = lambda target=target: _load(target)
+        found[name] = functools.partial(_load, target)
     for ep in entry_points(group=f"streamfuse.{kind}_sources"):
         found[ep.name] = ep.load
     return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-
 import signal
 import subprocess
 import sys
@@ -27,7 +26,9 @@ log = logging.getLogger("streamfuse")
 
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def install_stop_handlers() -> threading.Event:
@@ -70,15 +71,32 @@ def _capture_options(f: F) -> F:
     opts = [
         click.option("--source", required=True, help="Where to read from (see --help of each)."),
         click.option("--topic", required=True, help="Topic to publish on, e.g. video/front."),
-        click.option("--endpoint", required=True, help="Endpoint to bind, e.g. tcp://127.0.0.1:5555."),
+        click.option(
+            "--endpoint", required=True, help="Endpoint to bind, e.g. tcp://127.0.0.1:5555."
+        ),
         click.option("--stream", default=None, help="Stream id (default: last part of the topic)."),
-        click.option("--fast", is_flag=True, help="Files: publish as fast as possible, not at native rate."),
-        click.option("--epoch-ns", type=int, default=None,
-                     help="Files: CLOCK_MONOTONIC ns of media position 0 (share it across sources)."),
-        click.option("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS",
-                     help="Wait up to this long for a subscriber before publishing."),
-        click.option("--max-messages", type=int, default=None, help="Stop after this many messages."),
-        click.option("--heartbeat", type=float, default=1.0, metavar="SECONDS", help="Heartbeat interval."),
+        click.option(
+            "--fast", is_flag=True, help="Files: publish as fast as possible, not at native rate."
+        ),
+        click.option(
+            "--epoch-ns",
+            type=int,
+            default=None,
+            help="Files: CLOCK_MONOTONIC ns of media position 0 (share it across sources).",
+        ),
+        click.option(
+            "--wait-for-subscriber",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="Wait up to this long for a subscriber before publishing.",
+        ),
+        click.option(
+            "--max-messages", type=int, default=None, help="Stop after this many messages."
+        ),
+        click.option(
+            "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="Heartbeat interval."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the exit summary as JSON."),
     ]
     for opt in reversed(opts):
@@ -92,9 +110,18 @@ def _check_topic(topic: str) -> str:
     return topic
 
 
-def _run_capture_command(kind: str, source: str, topic: str, endpoint: str,
-                         options: VideoOptions | AudioOptions, *, wait_for_subscriber: float,
-                         max_messages: int | None, heartbeat: float, as_json: bool) -> None:
+def _run_capture_command(
+    kind: str,
+    source: str,
+    topic: str,
+    endpoint: str,
+    options: VideoOptions | AudioOptions,
+    *,
+    wait_for_subscriber: float,
+    max_messages: int | None,
+    heartbeat: float,
+    as_json: bool,
+) -> None:
     stop = install_stop_handlers()
     options.stop = stop
     src = open_source(kind, source, options)  # type: ignore[arg-type]
@@ -103,40 +130,82 @@ def _run_capture_command(kind: str, source: str, topic: str, endpoint: str,
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
             if wait_for_subscriber > 0 and not pub.wait_for_subscriber(wait_for_subscriber):
                 log.warning("no subscriber after %.1f s; publishing anyway", wait_for_subscriber)
-            summary = run_capture(src, pub, topic, options.stream, stop=stop,
-                                  heartbeat_interval=heartbeat, max_messages=max_messages)
+            summary = run_capture(
+                src,
+                pub,
+                topic,
+                options.stream,
+                stop=stop,
+                heartbeat_interval=heartbeat,
+                max_messages=max_messages,
+            )
     finally:
         src.close()
     if as_json:
         click.echo(json.dumps({**asdict(summary), "rate_hz": round(summary.rate_hz, 3)}))
     else:
         extra = "".join(f", {k}={v}" for k, v in {**summary.drops, **summary.errors}.items())
-        click.echo(f"{topic}: sent {summary.sent} in {summary.seconds:.1f} s "
-                   f"({summary.rate_hz:.1f}/s), ended: {summary.ended}{extra}")
+        click.echo(
+            f"{topic}: sent {summary.sent} in {summary.seconds:.1f} s "
+            f"({summary.rate_hz:.1f}/s), ended: {summary.ended}{extra}"
+        )
 
 
 @capture.command("camera")
 @_capture_options
-@click.option("--fps", type=float, default=None, help="Frame rate (synthetic, devices; decimates files).")
+@click.option(
+    "--fps", type=float, default=None, help="Frame rate (synthetic, devices; decimates files)."
+)
 @click.option("--width", type=int, default=None, help="Output width (frames are resized).")
 @click.option("--height", type=int, default=None, help="Output height.")
-@click.option("--jpeg", "jpeg_quality", type=click.IntRange(1, 100), default=None,
-              help="Send JPEG at this quality instead of raw pixels.")
-def capture_camera(source: str, topic: str, endpoint: str, stream: str | None, fast: bool,
-                   epoch_ns: int | None, wait_for_subscriber: float, max_messages: int | None,
-                   heartbeat: float, as_json: bool, fps: float | None, width: int | None,
-                   height: int | None, jpeg_quality: int | None) -> None:
+@click.option(
+    "--jpeg",
+    "jpeg_quality",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Send JPEG at this quality instead of raw pixels.",
+)
+def capture_camera(
+    source: str,
+    topic: str,
+    endpoint: str,
+    stream: str | None,
+    fast: bool,
+    epoch_ns: int | None,
+    wait_for_subscriber: float,
+    max_messages: int | None,
+    heartbeat: float,
+    as_json: bool,
+    fps: float | None,
+    width: int | None,
+    height: int | None,
+    jpeg_quality: int | None,
+) -> None:
     """Publish camera frames.
 
     SOURCE is a device index (0, /dev/video0), a video file, a stream URL
     (http://, rtsp://, udp://) or 'synthetic' (moving test pattern with the frame number).
     """
-    options = VideoOptions(stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
-                           realtime=not fast, epoch_ns=epoch_ns, fps=fps, width=width,
-                           height=height, jpeg_quality=jpeg_quality)
-    _run_capture_command("video", source, topic, endpoint, options,
-                         wait_for_subscriber=wait_for_subscriber, max_messages=max_messages,
-                         heartbeat=heartbeat, as_json=as_json)
+    options = VideoOptions(
+        stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
+        realtime=not fast,
+        epoch_ns=epoch_ns,
+        fps=fps,
+        width=width,
+        height=height,
+        jpeg_quality=jpeg_quality,
+    )
+    _run_capture_command(
+        "video",
+        source,
+        topic,
+        endpoint,
+        options,
+        wait_for_subscriber=wait_for_subscriber,
+        max_messages=max_messages,
+        heartbeat=heartbeat,
+        as_json=as_json,
+    )
 
 
 @capture.command("mic")
@@ -144,34 +213,76 @@ def capture_camera(source: str, topic: str, endpoint: str, stream: str | None, f
 @click.option("--rate", type=int, default=16000, show_default=True, help="Sample rate in Hz.")
 @click.option("--channels", type=int, default=1, show_default=True)
 @click.option("--window-ms", type=float, default=1000.0, show_default=True, help="Window length.")
-@click.option("--hop-ms", type=float, default=500.0, show_default=True, help="Window start spacing.")
-@click.option("--sample-format", type=click.Choice(["f32le", "s16le"]), default="f32le", show_default=True)
-def capture_mic(source: str, topic: str, endpoint: str, stream: str | None, fast: bool,
-                epoch_ns: int | None, wait_for_subscriber: float, max_messages: int | None,
-                heartbeat: float, as_json: bool, rate: int, channels: int, window_ms: float,
-                hop_ms: float, sample_format: str) -> None:
+@click.option(
+    "--hop-ms", type=float, default=500.0, show_default=True, help="Window start spacing."
+)
+@click.option(
+    "--sample-format", type=click.Choice(["f32le", "s16le"]), default="f32le", show_default=True
+)
+def capture_mic(
+    source: str,
+    topic: str,
+    endpoint: str,
+    stream: str | None,
+    fast: bool,
+    epoch_ns: int | None,
+    wait_for_subscriber: float,
+    max_messages: int | None,
+    heartbeat: float,
+    as_json: bool,
+    rate: int,
+    channels: int,
+    window_ms: float,
+    hop_ms: float,
+    sample_format: str,
+) -> None:
     """Publish audio windows.
 
     SOURCE is a sounddevice device name or index ('pulse', 3), an audio file (wav, flac,
     ogg), or 'synthetic' (440 Hz tone + noise; 'synthetic:1000' for another pitch).
     """
-    options = AudioOptions(stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
-                           realtime=not fast, epoch_ns=epoch_ns, rate=rate, channels=channels,
-                           window_ms=window_ms, hop_ms=hop_ms,
-                           sample_format=sample_format)  # type: ignore[arg-type]
-    _run_capture_command("audio", source, topic, endpoint, options,
-                         wait_for_subscriber=wait_for_subscriber, max_messages=max_messages,
-                         heartbeat=heartbeat, as_json=as_json)
+    options = AudioOptions(
+        stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
+        realtime=not fast,
+        epoch_ns=epoch_ns,
+        rate=rate,
+        channels=channels,
+        window_ms=window_ms,
+        hop_ms=hop_ms,
+        sample_format=sample_format,  # type: ignore[arg-type]
+    )
+    _run_capture_command(
+        "audio",
+        source,
+        topic,
+        endpoint,
+        options,
+        wait_for_subscriber=wait_for_subscriber,
+        max_messages=max_messages,
+        heartbeat=heartbeat,
+        as_json=as_json,
+    )
 
 
 @main.command()
-@click.option("--endpoint", "endpoints", multiple=True, required=True, help="Endpoint(s) to connect to.")
-@click.option("--topic", "topics", multiple=True, default=("",), help="Topic prefix(es); default all.")
+@click.option(
+    "--endpoint", "endpoints", multiple=True, required=True, help="Endpoint(s) to connect to."
+)
+@click.option(
+    "--topic", "topics", multiple=True, default=("",), help="Topic prefix(es); default all."
+)
 @click.option("--count", type=int, default=None, help="Exit after this many messages.")
 @click.option("--duration", type=float, default=None, help="Exit after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per message; summary on stderr.")
-def subscribe(endpoints: Sequence[str], topics: Sequence[str], count: int | None,
-              duration: float | None, as_json: bool) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per message; summary on stderr."
+)
+def subscribe(
+    endpoints: Sequence[str],
+    topics: Sequence[str],
+    count: int | None,
+    duration: float | None,
+    as_json: bool,
+) -> None:
     """Print every message received, then a per-topic rate/drop summary."""
     from .view import TopicView, age_ns, describe, envelope_json, summary_rows
 
@@ -193,8 +304,10 @@ def subscribe(endpoints: Sequence[str], topics: Sequence[str], count: int | None
                 click.echo(json.dumps(envelope_json(env, now)))
             else:
                 age = age_ns(env, now) / 1e6
-                click.echo(f"{env.topic.decode(errors='replace'):<20} #{env.header.seq:<7} "
-                           f"{describe(env)}  age {age:.1f} ms")
+                click.echo(
+                    f"{env.topic.decode(errors='replace'):<20} #{env.header.seq:<7} "
+                    f"{describe(env)}  age {age:.1f} ms"
+                )
         rows = summary_rows(sub, views)
         rejected = dict(sub.rejected)
     if as_json:
@@ -202,15 +315,22 @@ def subscribe(endpoints: Sequence[str], topics: Sequence[str], count: int | None
     else:
         click.echo("-- summary --")
         for r in rows:
-            click.echo(f"{r['topic']:<20} {r['received']:>7} msgs {r['rate_hz']:>8.1f} Hz "
-                       f"{r['gaps']:>5} gaps {r['reordered']:>4} reordered")
+            click.echo(
+                f"{r['topic']:<20} {r['received']:>7} msgs {r['rate_hz']:>8.1f} Hz "
+                f"{r['gaps']:>5} gaps {r['reordered']:>4} reordered"
+            )
         if rejected:
             click.echo("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))
 
 
 @main.command()
-@click.option("--duration", type=float, default=10.0, show_default=True,
-              help="Seconds to run (0: until Ctrl-C).")
+@click.option(
+    "--duration",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to run (0: until Ctrl-C).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the per-topic summary as JSON.")
 def demo(duration: float, as_json: bool) -> None:
     """Synthetic camera + synthetic microphone, each its own process, and a live view."""
@@ -224,24 +344,56 @@ def demo(duration: float, as_json: bool) -> None:
         cam_ep, mic_ep = f"ipc://{tmp}/camera", f"ipc://{tmp}/mic"
         base = [sys.executable, "-m", "streamfuse", "capture"]
         children = [
-            subprocess.Popen([*base, "camera", "--source", "synthetic", "--topic", "video/front",
-                              "--endpoint", cam_ep, "--fps", "30"]),
-            subprocess.Popen([*base, "mic", "--source", "synthetic", "--topic", "audio/mic0",
-                              "--endpoint", mic_ep, "--window-ms", "1000", "--hop-ms", "500"]),
+            subprocess.Popen(
+                [
+                    *base,
+                    "camera",
+                    "--source",
+                    "synthetic",
+                    "--topic",
+                    "video/front",
+                    "--endpoint",
+                    cam_ep,
+                    "--fps",
+                    "30",
+                ]
+            ),
+            subprocess.Popen(
+                [
+                    *base,
+                    "mic",
+                    "--source",
+                    "synthetic",
+                    "--topic",
+                    "audio/mic0",
+                    "--endpoint",
+                    mic_ep,
+                    "--window-ms",
+                    "1000",
+                    "--hop-ms",
+                    "500",
+                ]
+            ),
         ]
         views: dict[bytes, TopicView] = {}
         console = Console(stderr=as_json)
         try:
             with Subscriber([cam_ep, mic_ep]) as sub:
                 end = None if duration <= 0 else time.monotonic() + duration
-                with Live(render_table(sub, views, "streamfuse demo"), console=console,
-                          refresh_per_second=4, transient=False) as live:
+                with Live(
+                    render_table(sub, views, "streamfuse demo"),
+                    console=console,
+                    refresh_per_second=4,
+                    transient=False,
+                ) as live:
                     last = 0.0
                     while not stop.is_set() and (end is None or time.monotonic() < end):
                         for child in children:
                             if child.poll() is not None:
-                                raise StreamfuseError(f"capture process {child.args[4]} exited "
-                                                      f"with status {child.returncode}")
+                                raise StreamfuseError(
+                                    f"capture process {child.pid} exited "
+                                    f"with status {child.returncode}"
+                                )
                         env = sub.recv(timeout=0.1)
                         if env is not None:
                             views.setdefault(env.topic, TopicView()).add(env, time.monotonic_ns())
@@ -289,4 +441,3 @@ def devices(as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

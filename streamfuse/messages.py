@@ -19,7 +19,7 @@ from typing import Annotated, Literal, NamedTuple, TypeAlias
 import msgspec
 import numpy as np
 
-from .errors import DecodeError
+from .errors import DecodeError, RejectReason
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -187,23 +187,29 @@ def decode(
     topic = bytes(parts[0]) if parts else None
     if len(parts) not in (2, 3):
         raise DecodeError(
-            "malformed", f"expected 2 or 3 frames [topic, header, payload], got {len(parts)}", topic=topic
+            "malformed",
+            f"expected 2 or 3 frames [topic, header, payload], got {len(parts)}",
+            topic=topic,
         )
     assert topic is not None
     raw = parts[1]
     if len(raw) > MAX_HEADER_BYTES:
-        raise DecodeError("oversized", f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}", topic=topic)
+        raise DecodeError(
+            "oversized", f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}", topic=topic
+        )
     try:
         header = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise _explain(raw, exc, topic) from None
     except msgspec.DecodeError as exc:
         text = str(exc)
-        reason = "truncated" if "truncated" in text else "malformed"
+        reason: RejectReason = "truncated" if "truncated" in text else "malformed"
         raise DecodeError(reason, text, topic=topic) from None
     if header.v != PROTOCOL_VERSION:
         raise DecodeError(
-            "unknown_version", f"schema version {header.v!r}, this build reads {PROTOCOL_VERSION}", topic=topic
+            "unknown_version",
+            f"schema version {header.v!r}, this build reads {PROTOCOL_VERSION}",
+            topic=topic,
         )
 
     payload = memoryview(parts[2]) if len(parts) == 3 else None
@@ -213,10 +219,14 @@ def decode(
     expected = expected_payload_size(header)
     if expected is None:  # JPEG: must at least start like one
         if size < 4 or bytes(payload[:2]) != b"\xff\xd8":  # type: ignore[index]
-            raise DecodeError("size_mismatch", "jpeg payload does not start with a JPEG SOI marker", topic=topic)
+            raise DecodeError(
+                "size_mismatch", "jpeg payload does not start with a JPEG SOI marker", topic=topic
+            )
     elif size != expected:
         raise DecodeError(
-            "size_mismatch", f"{header.__class__.__name__} header implies {expected} payload bytes, got {size}", topic=topic
+            "size_mismatch",
+            f"{header.__class__.__name__} header implies {expected} payload bytes, got {size}",
+            topic=topic,
         )
     return Envelope(topic, header, payload)
 
@@ -229,10 +239,14 @@ def _explain(raw: bytes | memoryview, exc: msgspec.ValidationError, topic: bytes
         return DecodeError("malformed", f"header is not a MessagePack map: {exc}", topic=topic)
     if peek.v != PROTOCOL_VERSION:
         return DecodeError(
-            "unknown_version", f"schema version {peek.v!r}, this build reads {PROTOCOL_VERSION}", topic=topic
+            "unknown_version",
+            f"schema version {peek.v!r}, this build reads {PROTOCOL_VERSION}",
+            topic=topic,
         )
     if isinstance(peek.kind, str) and peek.kind not in KINDS:
-        return DecodeError("unknown_kind", f"kind {peek.kind!r}, known: {sorted(KINDS)}", topic=topic)
+        return DecodeError(
+            "unknown_kind", f"kind {peek.kind!r}, known: {sorted(KINDS)}", topic=topic
+        )
     return DecodeError("invalid", str(exc), topic=topic)
 
 

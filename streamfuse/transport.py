@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -37,13 +38,13 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         raise EndpointError(endpoint, "bind", exc.strerror) from None
 
 
-
 class Publisher:
     """Publishes messages on one bound endpoint.
 
     Uses an XPUB socket so it can see subscriptions arrive (:meth:`wait_for_subscriber`)
     without anyone sleeping. A subscriber slower than ``sndhwm`` messages loses messages (its
-    own, not other subscribers'), which it sees as sequence gaps.
+    own, not other subscribers'), which it sees as sequence gaps; with ``lossless=True``
+    :meth:`send` waits for it instead.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class Publisher:
         *,
         sndhwm: int = 64,
         linger_ms: int = 200,
+        lossless: bool = False,
         context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -60,6 +62,10 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
+        if lossless:
+            # Block instead of dropping when a subscriber's queue is full: for file replay and
+            # benchmarks, where every message must arrive and the slowest reader sets the pace.
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
         try:
             _bind(self._sock, endpoint)
         except EndpointError:
@@ -75,7 +81,7 @@ class Publisher:
         """Send one message. ``payload`` (bytes, memoryview, numpy array) is sent without a
         copy: do not modify it afterwards."""
         t = topic.encode() if isinstance(topic, str) else topic
-        parts: list[object] = [t, messages.encode(header)]
+        parts: list[Any] = [t, messages.encode(header)]
         if payload is not None:
             parts.append(payload)
         self._sock.send_multipart(parts, copy=False)

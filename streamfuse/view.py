@@ -30,7 +30,8 @@ def describe(env: Envelope) -> str:
         return f"{h.width}x{h.height} {h.pixel_format} {h.encoding} {size} B"
     if isinstance(h, AudioWindow):
         ms = h.n_samples * 1000 / h.sample_rate
-        return f"{h.sample_rate} Hz x{h.channels} {h.sample_format} {h.n_samples} samples ({ms:.0f} ms)"
+        fmt = f"{h.sample_rate} Hz x{h.channels} {h.sample_format}"
+        return f"{fmt} {h.n_samples} samples ({ms:.0f} ms)"
     if isinstance(h, Heartbeat):
         extra = "".join(f" {k}={v}" for k, v in {**h.drops, **h.errors}.items())
         return f"{h.source}: sent {h.sent}, {h.rate_hz:.1f} Hz{extra}"
@@ -95,10 +96,18 @@ def render_table(sub: Subscriber, views: dict[bytes, TopicView], title: str) -> 
         table.add_column(col, justify="right" if col not in ("topic", "last") else "left")
     for row in summary_rows(sub, views):
         age = "-" if row["age_p50_ms"] is None else f"{row['age_p50_ms']:.2f}"
-        table.add_row(row["topic"], str(row["received"]), f"{row['rate_hz']:.1f}",
-                      str(row["gaps"]), age, row["last"])
+        table.add_row(
+            row["topic"],
+            str(row["received"]),
+            f"{row['rate_hz']:.1f}",
+            str(row["gaps"]),
+            age,
+            row["last"],
+        )
     if sub.rejected:
-        table.caption = "rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(sub.rejected.items()))
+        table.caption = "rejected: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(sub.rejected.items())
+        )
     return table
 
 

@@ -74,7 +74,10 @@ class Children:
 
     def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **(env or {})},
         )
         self.procs.append(proc)
@@ -111,9 +114,19 @@ def pulse() -> Iterator[dict[str, str]]:
     runtime = tempfile.mkdtemp(prefix="sf-pulse-")
     env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "PULSE_RUNTIME_PATH": f"{runtime}/pulse"}
     subprocess.run(
-        ["pulseaudio", "-D", "--exit-idle-time=-1", "--disallow-exit", "-n",
-         "--load=module-native-protocol-unix", "--load=module-always-sink"],
-        env=env, check=True, capture_output=True, timeout=30,
+        [
+            "pulseaudio",
+            "-D",
+            "--exit-idle-time=-1",
+            "--disallow-exit",
+            "-n",
+            "--load=module-native-protocol-unix",
+            "--load=module-always-sink",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     deadline = time.monotonic() + 10
     while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:

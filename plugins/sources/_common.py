@@ -8,7 +8,7 @@ import numpy as np
 
 from streamfuse.audio import Windower, to_wire
 from streamfuse.capture import AudioOptions, VideoOptions
-from streamfuse.messages import AudioWindow, VideoFrame
+from streamfuse.messages import AudioWindow, PixelFormat, VideoFrame
 
 
 class WallClock:
@@ -35,7 +35,7 @@ def video_sample(
     if (opts.width and opts.width != w) or (opts.height and opts.height != h):
         w, h = opts.width or w, opts.height or h
         frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-    fmt = "gray8" if frame.ndim == 2 else "bgr8"
+    fmt: PixelFormat = "gray8" if frame.ndim == 2 else "bgr8"
     header = VideoFrame(
         stream=opts.stream,
         t_capture=t_capture,

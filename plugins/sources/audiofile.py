@@ -41,7 +41,9 @@ class AudioFile(SourceBase):
         self.file_rate = self._file.samplerate
         self.file_channels = self._file.channels
         if opts.channels not in (1, self.file_channels) and self.file_channels != 1:
-            raise SourceError(arg, f"has {self.file_channels} channels; cannot make {opts.channels}")
+            raise SourceError(
+                arg, f"has {self.file_channels} channels; cannot make {opts.channels}"
+            )
         self._resampler = (
             soxr.ResampleStream(self.file_rate, opts.rate, opts.channels, dtype="float32")
             if self.file_rate != opts.rate
@@ -75,7 +77,9 @@ class AudioFile(SourceBase):
             block = self._resampler.resample_chunk(block, last=last)
         first = not self._started
         self._started = True
-        out = self._windows.push(block.astype(np.float32, copy=False), self._epoch if first else None)
+        out = self._windows.push(
+            block.astype(np.float32, copy=False), self._epoch if first else None
+        )
         if self.opts.realtime and out:
             hdr = out[-1][0]
             if not self.opts.wait_until(hdr.t_end):

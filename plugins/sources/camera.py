@@ -97,7 +97,12 @@ class OpenCVCamera(SourceBase):
 
     def _try_open_stream(self) -> bool:
         cv2 = self._cv2
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _TIMEOUT_MS]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            _TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            _TIMEOUT_MS,
+        ]
         cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             self._cap = cap

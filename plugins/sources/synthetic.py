@@ -24,8 +24,17 @@ class SyntheticCamera(SourceBase):
         self.fps = opts.fps or 30.0
         self.description = f"synthetic {self.width}x{self.height}@{self.fps:g}"
         bars = np.array(
-            [[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
-             [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], dtype=np.uint8,
+            [
+                [255, 255, 255],
+                [0, 255, 255],
+                [255, 255, 0],
+                [0, 255, 0],
+                [255, 0, 255],
+                [0, 0, 255],
+                [255, 0, 0],
+                [0, 0, 0],
+            ],
+            dtype=np.uint8,
         )  # BGR
         cols = bars[np.arange(self.width) * len(bars) // self.width]
         ramp = np.linspace(0.35, 1.0, self.height, dtype=np.float32)[:, None, None]
@@ -41,8 +50,16 @@ class SyntheticCamera(SourceBase):
         if not self.opts.wait_until(t):
             return []
         frame = np.roll(self._base, shift=(self._n * 4) % self.width, axis=1)
-        cv2.putText(frame, str(self._n), (16, 48), cv2.FONT_HERSHEY_SIMPLEX, 1.5,
-                    (255, 255, 255), 3, cv2.LINE_AA)
+        cv2.putText(
+            frame,
+            str(self._n),
+            (16, 48),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            1.5,
+            (255, 255, 255),
+            3,
+            cv2.LINE_AA,
+        )
         self._n += 1
         return [video_sample(frame, self.opts, t, self._wall)]
 

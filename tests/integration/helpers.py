@@ -29,7 +29,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m streamfuse ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "streamfuse", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "streamfuse", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

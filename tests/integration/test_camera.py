@@ -20,20 +20,52 @@ from .helpers import collect, free_port, run_cli
 pytestmark = pytest.mark.integration
 
 
-def make_video(path: Path, *, seconds: float, fps: int, size: str = "320x240", color: str | None = None) -> Path:
+def make_video(
+    path: Path, *, seconds: float, fps: int, size: str = "320x240", color: str | None = None
+) -> Path:
     ffmpeg = require_tool("ffmpeg")
     src = f"color=c={color}:size={size}:rate={fps}" if color else f"testsrc=size={size}:rate={fps}"
-    subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"{src}:duration={seconds}",
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"{src}:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
     return path
 
 
-def test_video_file_is_decoded_and_published_frame_by_frame(tmp_path: Path, endpoint: str,
-                                                           children: Children) -> None:
+def test_video_file_is_decoded_and_published_frame_by_frame(
+    tmp_path: Path, endpoint: str, children: Children
+) -> None:
     video = make_video(tmp_path / "red.mp4", seconds=2, fps=24, color="red")
     with Subscriber(endpoint, ["video/"]) as sub:
-        proc = children.streamfuse("capture", "camera", "--source", str(video), "--topic", "video/front",
-                                   "--endpoint", endpoint, "--fast", "--wait-for-subscriber", "10", "--json")
+        proc = children.streamfuse(
+            "capture",
+            "camera",
+            "--source",
+            str(video),
+            "--topic",
+            "video/front",
+            "--endpoint",
+            endpoint,
+            "--fast",
+            "--wait-for-subscriber",
+            "10",
+            "--json",
+        )
         frames = collect(sub, 48, timeout=30)
         status, out, err = children.stop(proc)
     assert status == 0, err
@@ -51,11 +83,23 @@ def test_video_file_is_decoded_and_published_frame_by_frame(tmp_path: Path, endp
     assert np.all(t - pos == t[0] - pos[0])
 
 
-def test_file_plays_at_its_native_rate_by_default(tmp_path: Path, endpoint: str, children: Children) -> None:
+def test_file_plays_at_its_native_rate_by_default(
+    tmp_path: Path, endpoint: str, children: Children
+) -> None:
     video = make_video(tmp_path / "clip.mp4", seconds=2, fps=24)
     with Subscriber(endpoint, ["video/"]) as sub:
-        proc = children.streamfuse("capture", "camera", "--source", str(video), "--topic", "video/front",
-                                   "--endpoint", endpoint, "--wait-for-subscriber", "10")
+        proc = children.streamfuse(
+            "capture",
+            "camera",
+            "--source",
+            str(video),
+            "--topic",
+            "video/front",
+            "--endpoint",
+            endpoint,
+            "--wait-for-subscriber",
+            "10",
+        )
         frames = collect(sub, 48, timeout=30)
         arrival = time.monotonic_ns()
         children.stop(proc)
@@ -68,9 +112,24 @@ def test_file_plays_at_its_native_rate_by_default(tmp_path: Path, endpoint: str,
 
 def test_resize_and_jpeg(tmp_path: Path, endpoint: str, children: Children) -> None:
     with Subscriber(endpoint, ["video/"]) as sub:
-        proc = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/side",
-                                   "--endpoint", endpoint, "--width", "160", "--height", "120",
-                                   "--jpeg", "80", "--fps", "60")
+        proc = children.streamfuse(
+            "capture",
+            "camera",
+            "--source",
+            "synthetic",
+            "--topic",
+            "video/side",
+            "--endpoint",
+            endpoint,
+            "--width",
+            "160",
+            "--height",
+            "120",
+            "--jpeg",
+            "80",
+            "--fps",
+            "60",
+        )
         frames = collect(sub, 5, timeout=20)
         status, _, err = children.stop(proc)
     assert status == 0, err
@@ -80,17 +139,49 @@ def test_resize_and_jpeg(tmp_path: Path, endpoint: str, children: Children) -> N
     assert img.shape == (120, 160, 3)
 
 
-def test_live_http_stream_is_read_and_reopened_after_it_drops(endpoint: str, children: Children) -> None:
+def test_live_http_stream_is_read_and_reopened_after_it_drops(
+    endpoint: str, children: Children
+) -> None:
     ffmpeg = require_tool("ffmpeg")
     port = free_port()
     url = f"http://127.0.0.1:{port}/live.ts"
-    serve = [ffmpeg, "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=640x480:rate=30",
-             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p",
-             "-f", "mpegts", "-listen", "1", url]
+    serve = [
+        ffmpeg,
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x480:rate=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        "-listen",
+        "1",
+        url,
+    ]
     server = children.start(serve)
     with Subscriber(endpoint, ["video/", "heartbeat/"]) as sub:
-        cam = children.streamfuse("capture", "camera", "--source", url, "--topic", "video/net",
-                                  "--endpoint", endpoint, "--heartbeat", "0.5")
+        cam = children.streamfuse(
+            "capture",
+            "camera",
+            "--source",
+            url,
+            "--topic",
+            "video/net",
+            "--endpoint",
+            endpoint,
+            "--heartbeat",
+            "0.5",
+        )
         first = collect(sub, 30, timeout=30, topic=b"video/net")
         assert len(first) == 30
         assert (first[0].header.width, first[0].header.height) == (640, 480)
@@ -110,8 +201,9 @@ def test_live_http_stream_is_read_and_reopened_after_it_drops(endpoint: str, chi
 
 
 def test_missing_device_lists_the_cameras_that_exist(endpoint: str) -> None:
-    res = run_cli("capture", "camera", "--source", "7", "--topic", "video/x",
-                          "--endpoint", endpoint)
+    res = run_cli(
+        "capture", "camera", "--source", "7", "--topic", "video/x", "--endpoint", endpoint
+    )
     assert res.returncode == 2
     assert "error: no camera '7'; the cameras on this machine are:" in res.stderr
     assert "Traceback" not in res.stderr
@@ -121,8 +213,9 @@ def test_missing_device_lists_the_cameras_that_exist(endpoint: str) -> None:
 def test_corrupt_video_file_is_a_clear_error(tmp_path: Path, endpoint: str, content: bytes) -> None:
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(content)
-    res = run_cli("capture", "camera", "--source", str(bad), "--topic", "video/x",
-                          "--endpoint", endpoint)
+    res = run_cli(
+        "capture", "camera", "--source", str(bad), "--topic", "video/x", "--endpoint", endpoint
+    )
     assert res.returncode == 2
     assert f"error: {bad}: not a video OpenCV/FFmpeg can decode" in res.stderr
     assert "Traceback" not in res.stderr
@@ -132,7 +225,10 @@ def test_corrupt_video_file_is_a_clear_error(tmp_path: Path, endpoint: str, cont
     ("args", "needle"),
     [
         (["--source", "/no/such.mp4", "--topic", "video/x"], "no such video file"),
-        (["--source", "synthetic", "--topic", "video/x", "--endpoint", "bogus"], "cannot bind 'bogus'"),
+        (
+            ["--source", "synthetic", "--topic", "video/x", "--endpoint", "bogus"],
+            "cannot bind 'bogus'",
+        ),
         (["--source", "synthetic", "--topic", "heartbeat/x"], "--topic"),
         (["--source", "synthetic", "--topic", "video/x", "--jpeg", "500"], "--jpeg"),
     ],
@@ -148,8 +244,17 @@ def test_bad_arguments_are_clear_errors(endpoint: str, args: list[str], needle: 
 
 def test_sigterm_stops_cleanly_with_a_summary(endpoint: str, children: Children) -> None:
     with Subscriber(endpoint, ["video/"]) as sub:
-        proc = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/front",
-                                   "--endpoint", endpoint, "--json")
+        proc = children.streamfuse(
+            "capture",
+            "camera",
+            "--source",
+            "synthetic",
+            "--topic",
+            "video/front",
+            "--endpoint",
+            endpoint,
+            "--json",
+        )
         assert len(collect(sub, 3, timeout=20)) == 3
         status, out, err = children.stop(proc)
     assert status == 0, err

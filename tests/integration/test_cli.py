@@ -13,9 +13,25 @@ pytestmark = pytest.mark.integration
 
 
 def test_subscribe_prints_json_lines_and_a_summary(endpoint: str, children: Children) -> None:
-    cam = children.streamfuse("capture", "camera", "--source", "synthetic", "--topic", "video/front",
-                              "--endpoint", endpoint, "--width", "64", "--height", "48", "--fps", "50")
-    res = run_cli("subscribe", "--endpoint", endpoint, "--topic", "video/", "--count", "20", "--json")
+    cam = children.streamfuse(
+        "capture",
+        "camera",
+        "--source",
+        "synthetic",
+        "--topic",
+        "video/front",
+        "--endpoint",
+        endpoint,
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--fps",
+        "50",
+    )
+    res = run_cli(
+        "subscribe", "--endpoint", endpoint, "--topic", "video/", "--count", "20", "--json"
+    )
     children.stop(cam)
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in res.stdout.splitlines()]
@@ -30,9 +46,22 @@ def test_subscribe_prints_json_lines_and_a_summary(endpoint: str, children: Chil
 
 
 def test_subscribe_human_output(endpoint: str, children: Children) -> None:
-    mic = children.streamfuse("capture", "mic", "--source", "synthetic", "--topic", "audio/mic0",
-                              "--endpoint", endpoint, "--window-ms", "100", "--hop-ms", "100",
-                              "--heartbeat", "0.2")
+    mic = children.streamfuse(
+        "capture",
+        "mic",
+        "--source",
+        "synthetic",
+        "--topic",
+        "audio/mic0",
+        "--endpoint",
+        endpoint,
+        "--window-ms",
+        "100",
+        "--hop-ms",
+        "100",
+        "--heartbeat",
+        "0.2",
+    )
     res = run_cli("subscribe", "--endpoint", endpoint, "--count", "12")
     children.stop(mic)
     assert res.returncode == 0, res.stderr

@@ -39,12 +39,30 @@ def test_real_portaudio_capture_recovers_the_tone_and_the_sample_clock(
 ) -> None:
     wav = tone(tmp_path / "a880.wav", 880.0, 10.0, 16000)
     # Start playing first: PulseAudio delivers the first blocks 1-2 s late otherwise.
-    player = children.start([require_tool("paplay"), "--latency-msec=20", "-d", "vsink", str(wav)], env=pulse)
+    player = children.start(
+        [require_tool("paplay"), "--latency-msec=20", "-d", "vsink", str(wav)], env=pulse
+    )
     time.sleep(2.0)
     with Subscriber(endpoint, ["audio/"]) as sub:
-        mic = children.streamfuse("capture", "mic", "--source", "pulse", "--topic", "audio/mic0",
-                                  "--endpoint", endpoint, "--rate", "16000", "--window-ms", "200",
-                                  "--hop-ms", "100", "--wait-for-subscriber", "10", env=pulse)
+        mic = children.streamfuse(
+            "capture",
+            "mic",
+            "--source",
+            "pulse",
+            "--topic",
+            "audio/mic0",
+            "--endpoint",
+            endpoint,
+            "--rate",
+            "16000",
+            "--window-ms",
+            "200",
+            "--hop-ms",
+            "100",
+            "--wait-for-subscriber",
+            "10",
+            env=pulse,
+        )
         windows = collect(sub, 25, timeout=30)
         received_at = time.monotonic_ns()
         status, _, err = children.stop(mic)
@@ -52,7 +70,11 @@ def test_real_portaudio_capture_recovers_the_tone_and_the_sample_clock(
     assert status == 0, err
     assert len(windows) == 25, err
     h = windows[0].header
-    assert isinstance(h, m.AudioWindow) and (h.sample_rate, h.channels, h.n_samples) == (16000, 1, 3200)
+    assert isinstance(h, m.AudioWindow) and (h.sample_rate, h.channels, h.n_samples) == (
+        16000,
+        1,
+        3200,
+    )
     assert h.media_pos is None  # a live device
     loud = [w for w in windows if np.abs(m.audio_array(w)).max() > 0.1]
     assert len(loud) >= 20, "the null sink's monitor delivered silence"
@@ -68,10 +90,28 @@ def test_wav_file_is_resampled_windowed_and_timed_by_media_position(
 ) -> None:
     wav = tone(tmp_path / "stereo8k.wav", 1000.0, 3.0, 8000, channels=2)
     with Subscriber(endpoint, ["audio/"]) as sub:
-        proc = children.streamfuse("capture", "mic", "--source", str(wav), "--topic", "audio/file",
-                                   "--endpoint", endpoint, "--rate", "16000", "--window-ms", "500",
-                                   "--hop-ms", "250", "--fast", "--wait-for-subscriber", "10",
-                                   "--sample-format", "s16le", "--json")
+        proc = children.streamfuse(
+            "capture",
+            "mic",
+            "--source",
+            str(wav),
+            "--topic",
+            "audio/file",
+            "--endpoint",
+            endpoint,
+            "--rate",
+            "16000",
+            "--window-ms",
+            "500",
+            "--hop-ms",
+            "250",
+            "--fast",
+            "--wait-for-subscriber",
+            "10",
+            "--sample-format",
+            "s16le",
+            "--json",
+        )
         windows = collect(sub, 11, timeout=30)
         status, out, err = children.stop(proc)
     assert status == 0, err
@@ -88,8 +128,20 @@ def test_wav_file_is_resampled_windowed_and_timed_by_media_position(
 
 def test_synthetic_tone_arrives_in_real_time(endpoint: str, children: Children) -> None:
     with Subscriber(endpoint, ["audio/"]) as sub:
-        proc = children.streamfuse("capture", "mic", "--source", "synthetic:440", "--topic", "audio/syn",
-                                   "--endpoint", endpoint, "--window-ms", "250", "--hop-ms", "250")
+        proc = children.streamfuse(
+            "capture",
+            "mic",
+            "--source",
+            "synthetic:440",
+            "--topic",
+            "audio/syn",
+            "--endpoint",
+            endpoint,
+            "--window-ms",
+            "250",
+            "--hop-ms",
+            "250",
+        )
         windows = collect(sub, 6, timeout=20)
         now = time.monotonic_ns()
         children.stop(proc)
@@ -98,9 +150,20 @@ def test_synthetic_tone_arrives_in_real_time(endpoint: str, children: Children) 
     assert 0 <= now - windows[-1].header.t_end < NS // 2
 
 
-def test_missing_microphone_lists_the_devices_that_exist(endpoint: str, pulse: dict[str, str]) -> None:
-    res = run_cli("capture", "mic", "--source", "no-such-mic", "--topic", "audio/x", "--endpoint", endpoint,
-                  env=pulse)
+def test_missing_microphone_lists_the_devices_that_exist(
+    endpoint: str, pulse: dict[str, str]
+) -> None:
+    res = run_cli(
+        "capture",
+        "mic",
+        "--source",
+        "no-such-mic",
+        "--topic",
+        "audio/x",
+        "--endpoint",
+        endpoint,
+        env=pulse,
+    )
     assert res.returncode == 2
     assert "error: no microphone 'no-such-mic'; the microphones on this machine are:" in res.stderr
     assert "pulse" in res.stderr
@@ -111,7 +174,9 @@ def test_missing_microphone_lists_the_devices_that_exist(endpoint: str, pulse: d
 def test_corrupt_audio_file_is_a_clear_error(tmp_path: Path, endpoint: str, content: bytes) -> None:
     bad = tmp_path / "broken.wav"
     bad.write_bytes(content)
-    res = run_cli("capture", "mic", "--source", str(bad), "--topic", "audio/x", "--endpoint", endpoint)
+    res = run_cli(
+        "capture", "mic", "--source", str(bad), "--topic", "audio/x", "--endpoint", endpoint
+    )
     assert res.returncode == 2
     assert f"error: {bad}: not an audio file libsndfile can decode" in res.stderr
     assert "Traceback" not in res.stderr

@@ -22,7 +22,10 @@ def frame(seq: int, w: int = 64, h: int = 48) -> tuple[m.VideoFrame, np.ndarray]
 
 
 def test_frames_arrive_intact_and_in_order(endpoint: str, zctx: zmq.Context) -> None:
-    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, ["video/"], context=zctx) as sub:
+    with (
+        Publisher(endpoint, context=zctx) as pub,
+        Subscriber(endpoint, ["video/"], context=zctx) as sub,
+    ):
         assert pub.wait_for_subscriber(5, b"video/front")
         for i in range(20):
             pub.send("video/front", *frame(i))
@@ -48,8 +51,14 @@ def test_recv_times_out_with_none(endpoint: str, zctx: zmq.Context) -> None:
         assert sub.recv(timeout=0.05) is None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(garbage=st.lists(st.lists(st.binary(max_size=64), min_size=1, max_size=4), min_size=1, max_size=5))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    garbage=st.lists(
+        st.lists(st.binary(max_size=64), min_size=1, max_size=4), min_size=1, max_size=5
+    )
+)
 def test_garbage_on_the_socket_is_counted_and_the_subscriber_keeps_going(
     endpoint: str, zctx: zmq.Context, garbage: list[list[bytes]]
 ) -> None:
@@ -65,7 +74,9 @@ def test_garbage_on_the_socket_is_counted_and_the_subscriber_keeps_going(
             env = sub.recv(timeout=5)
             assert env is not None and env.header.seq == 7
             # Every garbage message was either rejected and counted, or happened to be valid.
-            assert sum(sub.rejected.values()) + sub.streams[b"video/front"].received - 1 == len(garbage)
+            assert sum(sub.rejected.values()) + sub.streams[b"video/front"].received - 1 == len(
+                garbage
+            )
     finally:
         raw.close(linger=0)
 
@@ -79,8 +90,13 @@ def test_specific_rejections_are_counted_by_reason(endpoint: str, zctx: zmq.Cont
             hdr, img = frame(1)
             raw.send_multipart([b"video/front", m.encode(hdr), img.tobytes()[:-1]])  # short payload
             raw.send_multipart([b"video/front", b"\xc1\xc1"])  # not msgpack
-            raw.send_multipart([b"video/front", msgpack.packb({**msgpack.unpackb(m.encode(hdr)), "v": 99}),
-                                img.tobytes()])
+            raw.send_multipart(
+                [
+                    b"video/front",
+                    msgpack.packb({**msgpack.unpackb(m.encode(hdr)), "v": 99}),
+                    img.tobytes(),
+                ]
+            )
             raw.send_multipart([b"video/front", m.encode(hdr), img.tobytes()])
             assert sub.recv(timeout=5) is not None
             assert sub.rejected == {"size_mismatch": 1, "malformed": 1, "unknown_version": 1}
@@ -91,12 +107,14 @@ def test_specific_rejections_are_counted_by_reason(endpoint: str, zctx: zmq.Cont
 def test_bad_endpoints_name_the_endpoint(zctx: zmq.Context) -> None:
     with pytest.raises(EndpointError, match="'nonsense'"):
         Publisher("nonsense", context=zctx)
-    with pytest.raises(EndpointError, match="tcp://127.0.0.1:notaport"):
+    with pytest.raises(EndpointError, match=r"tcp://127\.0\.0\.1:notaport"):
         Subscriber("tcp://127.0.0.1:notaport", context=zctx)
 
 
-def test_two_publishers_cannot_bind_one_endpoint(endpoint: str, zctx: zmq.Context) -> None:
-    tcp = "tcp://127.0.0.1:*"
-    with Publisher(tcp, context=zctx) as first:
+def test_two_publishers_cannot_bind_one_endpoint(zctx: zmq.Context) -> None:
+    first = Publisher("tcp://127.0.0.1:*", context=zctx)
+    try:
         with pytest.raises(EndpointError, match="Address already in use"):
             Publisher(first.endpoint, context=zctx)
+    finally:
+        first.close()

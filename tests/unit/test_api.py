@@ -13,14 +13,19 @@ from streamfuse.errors import ConfigError
 
 
 def test_all_names_exist_and_are_sorted() -> None:
-    assert sorted(streamfuse.__all__, key=str.lower) == sorted(set(streamfuse.__all__), key=str.lower)
+    assert sorted(streamfuse.__all__, key=str.lower) == sorted(
+        set(streamfuse.__all__), key=str.lower
+    )
     for name in streamfuse.__all__:
         assert hasattr(streamfuse, name), name
 
 
 def test_core_import_pulls_no_camera_audio_or_torch() -> None:
-    code = ("import sys, streamfuse, streamfuse.cli, streamfuse.transport, streamfuse.view; "
-            "print(sorted(m for m in ('cv2', 'sounddevice', 'soundfile', 'torch', 'soxr') if m in sys.modules))")
+    code = (
+        "import sys, streamfuse, streamfuse.cli, streamfuse.transport, streamfuse.view; "
+        "heavy = ('cv2', 'sounddevice', 'soundfile', 'torch', 'soxr'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -52,8 +57,12 @@ def test_empty_source_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"rate": 0}, "rate"), ({"channels": 0}, "channels"), ({"hop_ms": -1}, "hop-ms"),
-     ({"window_ms": 0.001}, "window-ms")],
+    [
+        ({"rate": 0}, "rate"),
+        ({"channels": 0}, "channels"),
+        ({"hop_ms": -1}, "hop-ms"),
+        ({"window_ms": 0.001}, "window-ms"),
+    ],
 )
 def test_bad_audio_options_name_the_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -31,7 +31,7 @@ def test_windows_are_exact_slices_timed_at_the_sample_rate(
         pos += n
     expected_starts = list(range(0, total - window + 1, hop))
     assert [int(s[0, 0]) if len(s) else None for s, _ in out] == expected_starts
-    for (samples, t), start in zip(out, expected_starts):
+    for (samples, t), start in zip(out, expected_starts, strict=True):
         np.testing.assert_array_equal(samples[:, 0], signal[start : start + window, 0])
         assert t == t0 + start * NS // rate
 
@@ -39,9 +39,9 @@ def test_windows_are_exact_slices_timed_at_the_sample_rate(
 def test_block_times_within_tolerance_slew_the_timeline_gently() -> None:
     w = Windower(16000, 1, 160, 160, slew=4)
     block = np.zeros((160, 1), np.float32)
-    (_, t_a), = w.push(block, 0)
+    assert len(w.push(block, 0)) == 1
     # The device says the next block started 2 ms later than the sample count predicts.
-    (_, t_b), = w.push(block, 10_000_000 + 2_000_000)
+    ((_, t_b),) = w.push(block, 10_000_000 + 2_000_000)
     assert t_b == 10_000_000 + 2_000_000 // 4
     assert w.counters["clock_resync"] == 0
 
@@ -52,7 +52,7 @@ def test_a_jump_beyond_tolerance_starts_a_new_timeline_and_is_counted() -> None:
     assert w.push(block, 0) == []
     # 500 ms of samples were lost (input overflow): the half-built window is discarded.
     assert w.push(block, 510_000_000) == []
-    (_, t), = w.push(block, None)
+    ((_, t),) = w.push(block, None)
     assert t == 510_000_000
     assert w.counters == {"clock_resync": 1, "samples_discarded": 160}
 
@@ -78,7 +78,7 @@ def test_no_block_ends_after_it_was_delivered() -> None:
     w = Windower(16000, 1, 160, 160)
     block = np.zeros((160, 1), np.float32)
     # Reported capture start 0, so the block would end at 10 ms, but it arrived at 6 ms.
-    (_, t), = w.push(block, 0, t_delivered=6_000_000)
+    ((_, t),) = w.push(block, 0, t_delivered=6_000_000)
     assert t == -4_000_000
-    (_, t2), = w.push(block, 10_000_000, t_delivered=30_000_000)
+    ((_, t2),) = w.push(block, 10_000_000, t_delivered=30_000_000)
     assert t2 - t == 10_000_000 + (10_000_000 - 6_000_000) // 64

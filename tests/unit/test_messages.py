@@ -12,20 +12,48 @@ from streamfuse.errors import DecodeError
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
 nanos = st.integers(0, 2**63 - 1)
-base = {"stream": names, "seq": st.integers(0, 2**63 - 1), "t_capture": nanos, "t_wall": nanos,
-        "media_pos": st.none() | nanos}
+base = {
+    "stream": names,
+    "seq": st.integers(0, 2**63 - 1),
+    "t_capture": nanos,
+    "t_wall": nanos,
+    "media_pos": st.none() | nanos,
+}
 
-video = st.builds(m.VideoFrame, width=st.integers(1, 64), height=st.integers(1, 64),
-                  pixel_format=st.sampled_from(sorted(m.PIXEL_FORMATS)), **base)
-audio = st.builds(m.AudioWindow, sample_rate=st.integers(1, 96000), channels=st.integers(1, 8),
-                  sample_format=st.sampled_from(sorted(m.SAMPLE_FORMATS)),
-                  n_samples=st.integers(1, 512), **base)
+video = st.builds(
+    m.VideoFrame,
+    width=st.integers(1, 64),
+    height=st.integers(1, 64),
+    pixel_format=st.sampled_from(sorted(m.PIXEL_FORMATS)),
+    **base,
+)
+audio = st.builds(
+    m.AudioWindow,
+    sample_rate=st.integers(1, 96000),
+    channels=st.integers(1, 8),
+    sample_format=st.sampled_from(sorted(m.SAMPLE_FORMATS)),
+    n_samples=st.integers(1, 512),
+    **base,
+)
 floats = st.floats(allow_nan=False, allow_infinity=False)
-classification = st.builds(m.Classification, label=st.text(max_size=10), score=floats,
-                           topk=st.lists(st.tuples(st.text(max_size=5), floats), max_size=3), **base)
+classification = st.builds(
+    m.Classification,
+    label=st.text(max_size=10),
+    score=floats,
+    topk=st.lists(st.tuples(st.text(max_size=5), floats), max_size=3),
+    **base,
+)
 counters = st.dictionaries(st.text(max_size=10), st.integers(0, 2**31), max_size=4)
-heartbeat = st.builds(m.Heartbeat, source=st.text(max_size=20), rate_hz=floats, sent=st.integers(0, 2**40),
-                      drops=counters, errors=counters, last_error=st.none() | st.text(max_size=20), **base)
+heartbeat = st.builds(
+    m.Heartbeat,
+    source=st.text(max_size=20),
+    rate_hz=floats,
+    sent=st.integers(0, 2**40),
+    drops=counters,
+    errors=counters,
+    last_error=st.none() | st.text(max_size=20),
+    **base,
+)
 any_header = st.one_of(video, audio, classification, heartbeat)
 
 
@@ -55,8 +83,15 @@ def test_plain_msgpack_reads_every_kind(h: m.Message) -> None:
     plain = msgpack.unpackb(m.encode(h), raw=False, strict_map_key=False)
     assert isinstance(plain, dict)
     assert plain["v"] == m.PROTOCOL_VERSION
-    assert plain["kind"] == {m.VideoFrame: "video", m.AudioWindow: "audio",
-                             m.Classification: "classification", m.Heartbeat: "heartbeat"}[type(h)]
+    assert (
+        plain["kind"]
+        == {
+            m.VideoFrame: "video",
+            m.AudioWindow: "audio",
+            m.Classification: "classification",
+            m.Heartbeat: "heartbeat",
+        }[type(h)]
+    )
     for field in h.__struct_fields__:
         expected = getattr(h, field)
         if isinstance(expected, list):  # tuples travel as arrays
@@ -65,9 +100,20 @@ def test_plain_msgpack_reads_every_kind(h: m.Message) -> None:
 
 
 def test_a_message_built_with_plain_msgpack_decodes() -> None:
-    header = msgpack.packb({"kind": "audio", "v": 1, "stream": "mic0", "seq": 3, "t_capture": 10,
-                            "sample_rate": 16000, "channels": 1, "sample_format": "s16le",
-                            "n_samples": 4, "added_in_a_later_version": [1, 2]})
+    header = msgpack.packb(
+        {
+            "kind": "audio",
+            "v": 1,
+            "stream": "mic0",
+            "seq": 3,
+            "t_capture": 10,
+            "sample_rate": 16000,
+            "channels": 1,
+            "sample_format": "s16le",
+            "n_samples": 4,
+            "added_in_a_later_version": [1, 2],
+        }
+    )
     env = m.decode([b"audio/mic0", header, b"\x00" * 8])
     assert isinstance(env.header, m.AudioWindow)
     assert env.header.n_samples == 4 and env.header.t_wall == 0 and env.header.media_pos is None
@@ -80,8 +126,15 @@ def test_garbage_is_rejected_with_a_reason_never_a_crash(frames: list[bytes]) ->
     try:
         m.decode(frames)
     except DecodeError as err:
-        assert err.reason in ("malformed", "truncated", "oversized", "invalid", "size_mismatch",
-                              "unknown_version", "unknown_kind")
+        assert err.reason in (
+            "malformed",
+            "truncated",
+            "oversized",
+            "invalid",
+            "size_mismatch",
+            "unknown_version",
+            "unknown_kind",
+        )
         assert str(err)
 
 
@@ -109,14 +162,36 @@ VF = m.VideoFrame(stream="front", t_capture=1, width=4, height=2)
         ([b"t", m.encode(VF), bytes(23)], "size_mismatch"),
         ([b"t", m.encode(VF), bytes(25)], "size_mismatch"),
         ([b"t", m.encode(VF)], "size_mismatch"),
-        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "v": 2}), bytes(24)], "unknown_version"),
+        (
+            [b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "v": 2}), bytes(24)],
+            "unknown_version",
+        ),
         ([b"t", msgpack.packb({"v": 9, "kind": "hologram"}), b""], "unknown_version"),
         ([b"t", msgpack.packb({"v": 1, "kind": "hologram"}), b""], "unknown_kind"),
-        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": -4}), bytes(24)], "invalid"),
-        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": "4"}), bytes(24)], "invalid"),
-        ([b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "pixel_format": "yuv"}), bytes(24)], "invalid"),
-        ([b"t", m.encode(m.VideoFrame(stream="f", t_capture=1, width=4, height=2, encoding="jpeg")), b"GIF89a"],
-         "size_mismatch"),
+        (
+            [b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": -4}), bytes(24)],
+            "invalid",
+        ),
+        (
+            [b"t", msgpack.packb({**msgpack.unpackb(m.encode(VF)), "width": "4"}), bytes(24)],
+            "invalid",
+        ),
+        (
+            [
+                b"t",
+                msgpack.packb({**msgpack.unpackb(m.encode(VF)), "pixel_format": "yuv"}),
+                bytes(24),
+            ],
+            "invalid",
+        ),
+        (
+            [
+                b"t",
+                m.encode(m.VideoFrame(stream="f", t_capture=1, width=4, height=2, encoding="jpeg")),
+                b"GIF89a",
+            ],
+            "size_mismatch",
+        ),
     ],
     ids=lambda x: x if isinstance(x, str) else None,
 )
