@@ -90,6 +90,11 @@ class Children:
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, out, err
 
+    def wait(self, proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+        """Wait for a child to exit by itself (end of file) and return (status, out, err)."""
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:

@@ -67,7 +67,7 @@ def test_video_file_is_decoded_and_published_frame_by_frame(
             "--json",
         )
         frames = collect(sub, 48, timeout=30)
-        status, out, err = children.stop(proc)
+        status, out, err = children.wait(proc)
     assert status == 0, err
     assert json.loads(out.strip().splitlines()[-1])["ended"] == "eof"
     assert [f.header.seq for f in frames] == list(range(48))

@@ -113,7 +113,7 @@ def test_wav_file_is_resampled_windowed_and_timed_by_media_position(
             "--json",
         )
         windows = collect(sub, 11, timeout=30)
-        status, out, err = children.stop(proc)
+        status, out, err = children.wait(proc)
     assert status == 0, err
     assert json.loads(out)["ended"] == "eof"
     # 3 s at 16 kHz, 0.5 s windows every 0.25 s: 11 whole windows.
