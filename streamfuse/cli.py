@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -111,37 +111,41 @@ def _check_topic(topic: str) -> str:
 
 
 def _run_capture_command(
-    kind: str,
-    source: str,
-    topic: str,
-    endpoint: str,
-    options: VideoOptions | AudioOptions,
-    *,
-    wait_for_subscriber: float,
-    max_messages: int | None,
-    heartbeat: float,
-    as_json: bool,
+    kind: Literal["video", "audio"],
+    common: dict[str, Any],
+    options_type: type[VideoOptions] | type[AudioOptions],
+    specific: dict[str, Any],
 ) -> None:
+    """Shared body of ``capture camera`` and ``capture mic``: ``common`` holds the options of
+    :func:`_capture_options`, ``specific`` those of the one command."""
+    topic = _check_topic(common["topic"])
     stop = install_stop_handlers()
-    options.stop = stop
-    src = open_source(kind, source, options)  # type: ignore[arg-type]
+    options = options_type(
+        stream=common["stream"] or topic.rsplit("/", 1)[-1],
+        realtime=not common["fast"],
+        epoch_ns=common["epoch_ns"],
+        stop=stop,
+        **specific,
+    )
+    src = open_source(kind, common["source"], options)
+    wait = common["wait_for_subscriber"]
     try:
-        with Publisher(endpoint, linger_ms=2000) as pub:
+        with Publisher(common["endpoint"], linger_ms=2000) as pub:
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
-            if wait_for_subscriber > 0 and not pub.wait_for_subscriber(wait_for_subscriber):
-                log.warning("no subscriber after %.1f s; publishing anyway", wait_for_subscriber)
+            if wait > 0 and not pub.wait_for_subscriber(wait):
+                log.warning("no subscriber after %.1f s; publishing anyway", wait)
             summary = run_capture(
                 src,
                 pub,
                 topic,
                 options.stream,
                 stop=stop,
-                heartbeat_interval=heartbeat,
-                max_messages=max_messages,
+                heartbeat_interval=common["heartbeat"],
+                max_messages=common["max_messages"],
             )
     finally:
         src.close()
-    if as_json:
+    if common["as_json"]:
         click.echo(json.dumps({**asdict(summary), "rate_hz": round(summary.rate_hz, 3)}))
     else:
         extra = "".join(f", {k}={v}" for k, v in {**summary.drops, **summary.errors}.items())
@@ -166,46 +170,19 @@ def _run_capture_command(
     help="Send JPEG at this quality instead of raw pixels.",
 )
 def capture_camera(
-    source: str,
-    topic: str,
-    endpoint: str,
-    stream: str | None,
-    fast: bool,
-    epoch_ns: int | None,
-    wait_for_subscriber: float,
-    max_messages: int | None,
-    heartbeat: float,
-    as_json: bool,
     fps: float | None,
     width: int | None,
     height: int | None,
     jpeg_quality: int | None,
+    **common: Any,
 ) -> None:
     """Publish camera frames.
 
     SOURCE is a device index (0, /dev/video0), a video file, a stream URL
     (http://, rtsp://, udp://) or 'synthetic' (moving test pattern with the frame number).
     """
-    options = VideoOptions(
-        stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
-        realtime=not fast,
-        epoch_ns=epoch_ns,
-        fps=fps,
-        width=width,
-        height=height,
-        jpeg_quality=jpeg_quality,
-    )
-    _run_capture_command(
-        "video",
-        source,
-        topic,
-        endpoint,
-        options,
-        wait_for_subscriber=wait_for_subscriber,
-        max_messages=max_messages,
-        heartbeat=heartbeat,
-        as_json=as_json,
-    )
+    specific = {"fps": fps, "width": width, "height": height, "jpeg_quality": jpeg_quality}
+    _run_capture_command("video", common, VideoOptions, specific)
 
 
 @capture.command("mic")
@@ -213,55 +190,26 @@ def capture_camera(
 @click.option("--rate", type=int, default=16000, show_default=True, help="Sample rate in Hz.")
 @click.option("--channels", type=int, default=1, show_default=True)
 @click.option("--window-ms", type=float, default=1000.0, show_default=True, help="Window length.")
-@click.option(
-    "--hop-ms", type=float, default=500.0, show_default=True, help="Window start spacing."
-)
+@click.option("--hop-ms", type=float, default=500.0, show_default=True, help="Window spacing.")
 @click.option(
     "--sample-format", type=click.Choice(["f32le", "s16le"]), default="f32le", show_default=True
 )
 def capture_mic(
-    source: str,
-    topic: str,
-    endpoint: str,
-    stream: str | None,
-    fast: bool,
-    epoch_ns: int | None,
-    wait_for_subscriber: float,
-    max_messages: int | None,
-    heartbeat: float,
-    as_json: bool,
-    rate: int,
-    channels: int,
-    window_ms: float,
-    hop_ms: float,
-    sample_format: str,
+    rate: int, channels: int, window_ms: float, hop_ms: float, sample_format: str, **common: Any
 ) -> None:
     """Publish audio windows.
 
     SOURCE is a sounddevice device name or index ('pulse', 3), an audio file (wav, flac,
     ogg), or 'synthetic' (440 Hz tone + noise; 'synthetic:1000' for another pitch).
     """
-    options = AudioOptions(
-        stream=stream or _check_topic(topic).rsplit("/", 1)[-1],
-        realtime=not fast,
-        epoch_ns=epoch_ns,
-        rate=rate,
-        channels=channels,
-        window_ms=window_ms,
-        hop_ms=hop_ms,
-        sample_format=sample_format,  # type: ignore[arg-type]
-    )
-    _run_capture_command(
-        "audio",
-        source,
-        topic,
-        endpoint,
-        options,
-        wait_for_subscriber=wait_for_subscriber,
-        max_messages=max_messages,
-        heartbeat=heartbeat,
-        as_json=as_json,
-    )
+    specific = {
+        "rate": rate,
+        "channels": channels,
+        "window_ms": window_ms,
+        "hop_ms": hop_ms,
+        "sample_format": sample_format,
+    }
+    _run_capture_command("audio", common, AudioOptions, specific)
 
 
 @main.command()
