@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 SIZES = {"640x480": (480, 640, 3), "1920x1080": (1080, 1920, 3)}
+if os.environ.get("SF_SIZES"):
+    SIZES = {k: v for k, v in SIZES.items() if k in os.environ["SF_SIZES"].split(",")}
 FULL_N = {"640x480": 1500, "1920x1080": 400}
 PACED_N = 60  # 2 s at 30 Hz
 SF_HWM = int(os.environ.get("SF_HWM", "8"))
