@@ -1,0 +1,277 @@
+"""The synchronizer, driven like message_filters' tests: simulated streams, no sockets."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamfuse.errors import ConfigError
+from streamfuse.messages import AudioWindow, Envelope, VideoFrame
+from streamfuse.sync import Bundle, SyncConfig, Synchronizer
+
+MS = 1_000_000
+S = 1_000_000_000
+
+
+def frame(topic: str, t: int, seq: int = 0) -> Envelope:
+    h = VideoFrame(stream=topic.split("/")[-1], seq=seq, t_capture=t, width=1, height=1)
+    return Envelope(topic.encode(), h, None)
+
+
+def window(topic: str, t0: int, ms: int = 1000, rate: int = 16000, seq: int = 0) -> Envelope:
+    n = rate * ms // 1000
+    h = AudioWindow(stream=topic.split("/")[-1], seq=seq, t_capture=t0, sample_rate=rate,
+                    channels=1, n_samples=n)
+    return Envelope(topic.encode(), h, None)
+
+
+@dataclass
+class Scenario:
+    """Cameras and one microphone on a shared timeline, as they would arrive."""
+
+    events: list[tuple[int, Envelope]]  # (arrival ns, message), in arrival order
+    windows: list[Envelope]
+    frames: dict[str, list[tuple[int, Envelope]]]  # per camera: (true time, message)
+    offsets: dict[str, int]
+    cfg: SyncConfig
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, *, lossless: bool = False, small_jitter: bool = False,
+              policy: str = "nearest-center") -> Scenario:
+    n_cams = draw(st.integers(1, 3))
+    cams = [f"video/cam{i}" for i in range(n_cams)]
+    seconds = draw(st.integers(2, 4))
+    win_ms = draw(st.sampled_from([200, 500, 1000]))
+    hop_ms = draw(st.sampled_from([win_ms // 2, win_ms]))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    events: list[tuple[int, Envelope]] = []
+    frames: dict[str, list[tuple[int, Envelope]]] = {}
+    offsets: dict[str, int] = {}
+    max_period = 0
+    for cam in cams:
+        fps = draw(st.sampled_from([10, 15, 24, 30, 60]))
+        period = S // fps
+        max_period = max(max_period, period)
+        jitter = period // 4 if small_jitter else draw(st.integers(0, period))
+        offset = draw(st.sampled_from([0, 40 * MS, -25 * MS]))
+        offsets[cam] = offset
+        drop = 0.0 if lossless else draw(st.sampled_from([0.0, 0.1, 0.5]))
+        frames[cam] = []
+        for i in range(seconds * fps):
+            true_t = 10 * S + i * period + rng.randint(-jitter // 2, jitter // 2)
+            env = frame(cam, true_t + offset, seq=i)
+            frames[cam].append((true_t, env))
+            if rng.random() >= drop:
+                events.append((true_t + rng.randint(1 * MS, 6 * MS), env))
+    windows = []
+    for j in range(0, (seconds * 1000 - win_ms) // hop_ms + 1):
+        t0 = 10 * S + j * hop_ms * MS
+        env = window("audio/mic0", t0, win_ms, seq=j)
+        windows.append(env)
+        if lossless or rng.random() > 0.1:
+            events.append((t0 + win_ms * MS + rng.randint(1 * MS, 20 * MS), env))
+    # Arrivals in time order, then some shuffling among messages less than 5 ms apart.
+    events.sort(key=lambda e: e[0])
+    if not lossless:
+        for i in range(len(events) - 1):
+            if events[i + 1][0] - events[i][0] < 5 * MS and rng.random() < 0.3:
+                events[i], events[i + 1] = events[i + 1], events[i]
+        if draw(st.booleans()) and events:  # a duplicate delivery
+            events.insert(len(events) // 2, events[len(events) // 3])
+    # Poll ticks every 10 ms, as the engine does when nothing arrives.
+    ticks = [(t, None) for t in range(10 * S, 10 * S + (seconds + 2) * S, 10 * MS)]
+    merged = sorted(events + ticks, key=lambda e: e[0])  # stable: keeps the shuffles
+    cfg = SyncConfig(cameras=tuple(cams), policy=policy, tolerance=max_period,  # type: ignore[arg-type]
+                     max_wait=150 * MS, offsets=offsets, k=3, reorder=0)
+    return Scenario(merged, windows, frames, offsets, cfg)  # type: ignore[arg-type]
+
+
+def run(sc: Scenario, check_bounds: bool = False) -> tuple[Synchronizer, list[Bundle]]:
+    sync = Synchronizer(sc.cfg)
+    out: list[Bundle] = []
+    for now, env in sc.events:
+        out += sync.poll(now) if env is None else sync.push(env, now)
+        if check_bounds:
+            depths = sync.depths()
+            assert all(v <= sc.cfg.max_frames for k, v in depths.items() if k != "windows")
+            assert depths.get("windows", 0) <= sc.cfg.max_windows
+    out += sync.poll(sc.events[-1][0] + sc.cfg.max_wait + 1)
+    return sync, out
+
+
+def signature(bundles: list[Bundle]) -> list[tuple[object, ...]]:
+    return [(b.t0, b.missing, b.decided_by, b.emitted_at,
+             tuple((k, tuple(e.header.seq for e in v)) for k, v in b.frames.items())) for b in bundles]
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(policy="nearest-center") | scenarios(policy="k-frames"))
+def test_properties_under_jitter_loss_reordering_and_offsets(sc: Scenario) -> None:
+    sync, out = run(sc, check_bounds=True)
+    cfg = sc.cfg
+    # Every pairing respects the tolerance, in corrected time.
+    for b in out:
+        k = cfg.k if cfg.policy == "k-frames" else 1
+        targets = [b.t0 + (2 * j + 1) * (b.t1 - b.t0) // (2 * k) for j in range(k)]
+        for cam, envs in b.frames.items():
+            for e in envs:
+                t = e.header.t_capture - sc.offsets[cam]
+                assert min(abs(t - x) for x in targets) <= cfg.tolerance
+    # Time order, and nothing held past its deadline (polls come every 10 ms).
+    assert [b.t0 for b in out] == sorted(b.t0 for b in out)
+    assert all(b.emitted_at <= b.t1 + cfg.max_wait + 10 * MS for b in out)
+    # Each window at most once.
+    assert len({b.t0 for b in out}) == len(out)
+    # Same input, same output.
+    assert signature(run(sc)[1]) == signature(out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios(lossless=True))
+def test_without_loss_every_window_comes_out_exactly_once(sc: Scenario) -> None:
+    sync, out = run(sc)
+    assert sorted(b.audio.header.seq for b in out) == [w.header.seq for w in sc.windows]  # type: ignore[union-attr]
+    assert sync.drops["late"] == sync.drops["duplicate"] == sync.drops["overflow"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios(lossless=True, small_jitter=True) | scenarios(lossless=True, small_jitter=True, policy="k-frames"))
+def test_equals_the_offline_optimum_without_loss(sc: Scenario) -> None:
+    """Brute force: for every window and target, the frame of least |dt| over all frames."""
+    _, out = run(sc)
+    k = sc.cfg.k if sc.cfg.policy == "k-frames" else 1
+    for b in out:
+        assert not b.partial  # (the last windows are decided by deadline: no later frame comes)
+        for cam, envs in b.frames.items():
+            targets = [b.t0 + (2 * j + 1) * (b.t1 - b.t0) // (2 * k) for j in range(k)]
+            best = [min(sc.frames[cam], key=lambda f: (abs(f[0] - x), f[0]))[1] for x in targets]
+            assert [e.header.seq for e in envs] == [e.header.seq for e in best]
+
+
+def test_a_silent_camera_gives_a_partial_bundle_at_the_deadline() -> None:
+    cfg = SyncConfig(cameras=("video/a", "video/b"), max_wait=100 * MS)
+    sync = Synchronizer(cfg)
+    for i in range(40):
+        assert sync.push(frame("video/a", i * 33 * MS, seq=i), i * 33 * MS + MS) == []
+    assert sync.push(window("audio/m", 0, ms=1000), 1000 * MS + 2 * MS) == []
+    assert sync.poll(1099 * MS) == []
+    (b,) = sync.poll(1100 * MS)
+    assert b.partial and b.missing == ("video/b",) and b.decided_by == "deadline"
+    assert b.frames["video/a"][0].header.t_capture == 495 * MS  # nearest to the 500 ms centre
+    assert b.emitted_at - b.t1 == 100 * MS
+
+
+def test_complete_bundles_leave_as_soon_as_decided() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_wait=500 * MS))
+    assert sync.push(window("audio/m", 0, ms=200), 201 * MS) == []
+    assert sync.push(frame("video/a", 90 * MS), 202 * MS) == []
+    (b,) = sync.push(frame("video/a", 120 * MS), 203 * MS)  # a frame past the centre decides it
+    assert b.decided_by == "complete" and b.frames["video/a"][0].header.t_capture == 90 * MS
+
+
+def test_far_frames_are_not_paired_and_offsets_apply() -> None:
+    cfg = SyncConfig(cameras=("video/a",), tolerance=10 * MS, offsets={"video/a": 40 * MS})
+    sync = Synchronizer(cfg)
+    sync.push(window("audio/m", 0, ms=200), 201 * MS)
+    # Corrected: 100 ms, exactly the centre, so it also decides the window at once.
+    (b,) = sync.push(frame("video/a", 140 * MS), 202 * MS)
+    assert b.frames["video/a"][0].header.t_capture == 140 * MS
+    sync2 = Synchronizer(SyncConfig(cameras=("video/a",), tolerance=10 * MS))
+    sync2.push(window("audio/m", 0, ms=200), 201 * MS)
+    sync2.push(frame("video/a", 80 * MS), 202 * MS)
+    (b2,) = sync2.push(frame("video/a", 125 * MS), 203 * MS)  # both 20+ ms from the centre
+    assert b2.missing == ("video/a",) and b2.frames["video/a"] == ()
+
+
+def test_drops_are_counted_by_reason() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_frames=4, max_windows=2, retain=10 * S))
+    sync.push(frame("video/a", 10 * MS), 11 * MS)
+    sync.push(frame("video/a", 10 * MS), 12 * MS)  # the same frame again
+    sync.push(frame("video/x", 10 * MS), 12 * MS)  # a camera nobody configured
+    for i in range(5):  # 6 frames in a queue of 4
+        sync.push(frame("video/a", (20 + i) * MS), 30 * MS)
+    assert sync.drops == {"duplicate": 1, "unknown_stream": 1, "overflow": 2}
+    for t0 in (1 * S, 2 * S, 3 * S):  # 3 pending windows, room for 2
+        sync.push(window("audio/m", t0), 31 * MS)
+    assert sync.drops["overflow"] == 3 and sync.depths()["windows"] == 2
+    assert len(sync.poll(10 * S)) == 2  # both go out at their deadlines
+    sync.push(window("audio/m", 2 * S + 1), 10 * S)  # older than what already left
+    sync.push(frame("video/a", 1 * S), 10 * S)  # far older than anything still wanted
+    assert sync.drops["out_of_order"] == 1 and sync.drops["late"] == 1
+    # The 4 queued frames were never paired with anything; past `retain` they are let go.
+    sync.poll(100 * S)
+    assert sync.drops["unpaired"] == 4 and sync.depths() == {"video/a": 0, "windows": 0}
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="sync.cameras"):
+        SyncConfig(cameras=())
+    with pytest.raises(ConfigError, match="sync.tolerance"):
+        SyncConfig(cameras=("video/a",), tolerance=-1)
+    with pytest.raises(ConfigError, match="sync.policy"):
+        SyncConfig(cameras=("video/a",), policy="psychic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="approximate-time needs"):
+        SyncConfig(cameras=("video/a",), policy="approximate-time")
+
+
+# -- approximate time ------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 4), count=st.integers(5, 30), seed=st.integers(0, 2**32),
+       with_period=st.booleans())
+def test_approximate_time_finds_the_aligned_sets(n: int, count: int, seed: int, with_period: bool) -> None:
+    """Same-rate streams with jitter under a quarter period: the optimal sets (least total
+    spread, brute force over index shifts) are the i-th message of every stream."""
+    rng = random.Random(seed)
+    period = 33 * MS
+    names = tuple(f"s/{i}" for i in range(n))
+    arrivals = []
+    for name in names:
+        for i in range(count):
+            t = S + i * period + rng.randint(-period // 8, period // 8)
+            arrivals.append((t + rng.randint(MS, 3 * MS), frame(name, t, seq=i)))
+    arrivals.sort(key=lambda a: a[0])
+    cfg = SyncConfig(cameras=names, policy="approximate-time", tolerance=period // 2,
+                     max_wait=10 * S, min_period={x: period * 3 // 4 for x in names} if with_period else {})
+    sync = Synchronizer(cfg)
+    out: list[Bundle] = []
+    for now, env in arrivals:
+        out += sync.push(env, now)
+    out += sync.poll(arrivals[-1][0] + 11 * S)
+    assert all(not b.partial for b in out)
+    assert [[b.frames[x][0].header.seq for x in names] for b in out] == [[i] * n for i in range(count)]
+    # Brute force: no other shift of indices gives a smaller total spread.
+    def spread(shift: tuple[int, ...]) -> int:
+        total = 0
+        for i in range(count):
+            ts = [b.frames[x][0].header.t_capture for b in out for x in names][:0]
+            idx = [i + s for s in shift]
+            if any(not 0 <= j < count for j in idx):
+                return 10**18
+            ts = [out[j].frames[x][0].header.t_capture for j, x in zip(idx, names, strict=True)]
+            total += max(ts) - min(ts)
+        return total
+    zero = spread((0,) * n)
+    assert all(spread((0, *s)) >= zero for s in itertools.product((-1, 0, 1), repeat=n - 1))
+
+
+def test_approximate_time_with_min_period_does_not_wait_a_period() -> None:
+    cfg = SyncConfig(cameras=("s/a", "s/b"), policy="approximate-time",
+                     min_period={"s/a": 30 * MS, "s/b": 30 * MS})
+    sync = Synchronizer(cfg)
+    assert sync.push(frame("s/a", 100 * MS), 101 * MS) == []
+    (b,) = sync.push(frame("s/b", 102 * MS), 103 * MS)  # no later message can be closer
+    assert (b.t0, b.t1) == (100 * MS, 102 * MS)
+    cfg2 = SyncConfig(cameras=("s/a", "s/b"), policy="approximate-time")
+    sync2 = Synchronizer(cfg2)
+    sync2.push(frame("s/a", 100 * MS), 101 * MS)
+    assert sync2.push(frame("s/b", 102 * MS), 103 * MS) == []  # s/a might still send 101 ms
+    (b2,) = sync2.push(frame("s/a", 133 * MS), 134 * MS)
+    assert (b2.t0, b2.t1) == (100 * MS, 102 * MS)
