@@ -3,8 +3,10 @@
 Each window's ``t_capture`` is the time of its first sample, on a timeline anchored at the
 first block's time and advanced by exactly ``1/rate`` per sample. Block times reported by
 the device (PortAudio's ADC time) keep the timeline honest: a small disagreement (clock
-drift between the sound card and CLOCK_MONOTONIC) is slewed away gently; a large one
-(samples lost to an input overflow, a clock step) starts a new timeline and is counted.
+drift between the sound card and CLOCK_MONOTONIC) is slewed away gently, using the smallest
+disagreement of the last few blocks so that blocks reported late (see below) do not drag the
+timeline; a large one (samples lost to an input overflow, a clock step) starts a new
+timeline and is counted.
 
 Device ADC times can also be plain wrong: through PulseAudio's ALSA plugin, blocks arrive in
 pairs every 20 ms with the same reported delay, so half of them would "end" 5 ms after they
@@ -14,7 +16,7 @@ that no block ends after its delivery: a sample is never captured after we held 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 
@@ -46,6 +48,8 @@ class Windower:
         self._next = 0  # absolute index of the next window's first sample
         self._anchor_t: int | None = None  # time of sample _anchor_i
         self._anchor_i = 0
+        self._errors: deque[int] = deque(maxlen=32)  # recent (reported - timeline) block times
+        self._slack: deque[int] = deque(maxlen=32)  # recent (delivered - timeline) block ends
         self.counters: Counter[str] = Counter()
 
     def time_of(self, index: int) -> int:
@@ -70,13 +74,18 @@ class Windower:
                 if abs(err) > self.resync_tolerance_ns:
                     self._resync(t_first, end)
                 else:
-                    self._anchor_t += err // self._slew
+                    self._errors.append(err)
         elif self._anchor_t is None:
             raise ValueError("the first block needs a capture time")
         if t_delivered is not None:
-            late = self.time_of(end + len(block)) - t_delivered
-            if late > 0:
-                self._anchor_t -= late
+            self._slack.append(t_delivered - self.time_of(end + len(block)))
+        if self._errors:
+            delta = min(self._errors) // self._slew
+            if delta > 0 and self._slack:  # never slew into claiming a block ended unheard
+                delta = min(delta, min(self._slack))
+            self._shift(delta)
+        if self._slack and self._slack[-1] < 0:
+            self._shift(self._slack[-1])
         self._buf = np.concatenate([self._buf, block.astype(np.float32, copy=False)])
         out: list[tuple[np.ndarray, int]] = []
         end = self._buf_start + len(self._buf)
@@ -89,7 +98,18 @@ class Windower:
         self._buf_start = keep_from
         return out
 
+    def _shift(self, delta: int) -> None:
+        """Move the timeline by ``delta`` ns (the errors seen so far move the other way)."""
+        if delta:
+            assert self._anchor_t is not None
+            self._anchor_t += delta
+            for q in (self._errors, self._slack):
+                for i in range(len(q)):
+                    q[i] -= delta
+
     def _resync(self, t_first: int, end: int) -> None:
+        self._errors.clear()
+        self._slack.clear()
         self.counters["clock_resync"] += 1
         partial = end - max(self._next, self._buf_start)
         if partial > 0:

@@ -76,7 +76,9 @@ def _capture_options(f: F) -> F:
         ),
         click.option("--stream", default=None, help="Stream id (default: last part of the topic)."),
         click.option(
-            "--fast", is_flag=True, help="Files: publish as fast as possible, not at native rate."
+            "--fast",
+            is_flag=True,
+            help="Files: publish as fast as subscribers read (lossless), not at native rate.",
         ),
         click.option(
             "--epoch-ns",
@@ -130,7 +132,9 @@ def _run_capture_command(
     src = open_source(kind, common["source"], options)
     wait = common["wait_for_subscriber"]
     try:
-        with Publisher(common["endpoint"], linger_ms=2000) as pub:
+        # --fast: a file publishes as fast as its slowest subscriber reads, never dropping.
+        lossless = common["fast"]
+        with Publisher(common["endpoint"], linger_ms=2000, lossless=lossless) as pub:
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
             if wait > 0 and not pub.wait_for_subscriber(wait):
                 log.warning("no subscriber after %.1f s; publishing anyway", wait)

@@ -81,7 +81,7 @@ def test_real_portaudio_capture_recovers_the_tone_and_the_sample_clock(
     assert all(abs(peak_hz(w) - 880) <= 10 for w in loud)
     # Windows start every 100 ms of samples, on CLOCK_MONOTONIC, and are recent.
     starts = np.array([w.header.t_capture for w in windows])
-    assert np.all(np.abs(np.diff(starts) - NS // 10) < 2_000_000), np.diff(starts)
+    assert np.all(np.abs(np.diff(starts) - NS // 10) < 5_000_000), np.diff(starts)
     assert 0 < received_at - windows[-1].header.t_end < 2 * NS
 
 

@@ -80,5 +80,23 @@ def test_no_block_ends_after_it_was_delivered() -> None:
     # Reported capture start 0, so the block would end at 10 ms, but it arrived at 6 ms.
     ((_, t),) = w.push(block, 0, t_delivered=6_000_000)
     assert t == -4_000_000
+    # The device insists on a later timeline, but the first block already ended exactly at
+    # its delivery: the timeline may not move later.
     ((_, t2),) = w.push(block, 10_000_000, t_delivered=30_000_000)
-    assert t2 - t == 10_000_000 + (10_000_000 - 6_000_000) // 64
+    assert t2 - t == 10_000_000
+
+
+def test_pulseaudio_pairs_give_a_steady_causal_timeline() -> None:
+    """PulseAudio's ALSA plugin: two 10 ms blocks every 20 ms, both reporting the same ADC
+    delay (15 ms). Windows stay exactly one hop apart and never end after delivery."""
+    rate, block = 16000, np.zeros((160, 1), np.float32)
+    w = Windower(rate, 1, 1600, 800)
+    starts, ends_vs_delivery = [], []
+    for i in range(2000):
+        delivered = 1_000_000_000 + (i // 2) * 20_000_000 + (i % 2) * 50_000  # pairs
+        for _, t0 in w.push(block, delivered - 15_000_000, t_delivered=delivered):
+            starts.append(t0)
+            ends_vs_delivery.append(delivered - (t0 + 100_000_000))
+    steps = np.diff(starts[len(starts) // 2 :])  # after the first seconds of settling
+    assert np.all(np.abs(steps - 50_000_000) <= 1_000), steps
+    assert min(ends_vs_delivery) >= 0
