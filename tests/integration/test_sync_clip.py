@@ -17,7 +17,7 @@ from streamfuse import messages as m
 from streamfuse.sync import Bundle, SyncConfig, Synchronizer
 from streamfuse.transport import Subscriber
 
-from ..conftest import Children, data_dir, require, require_tool
+from ..conftest import Children, data_dir, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MS = 1_000_000
@@ -30,11 +30,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The clip's video, and its audio track as a wav (what a recorder would have written)."""
     root = data_dir()
     path = root / "av-clips" / "big_buck_bunny_0_30.webm" if root else None
-    require(
-        path is not None and path.exists(),
-        "../shared/data/av-clips is absent (set STREAMFUSE_DATA to the data folder)",
-    )
-    assert path is not None
+    if path is None or not path.exists():  # data, unlike system tools, may be absent even in CI
+        pytest.skip("../shared/data/av-clips is absent (set STREAMFUSE_DATA to the data folder)")
     wav = tmp_path_factory.mktemp("clip") / "audio.wav"
     subprocess.run(
         [
