@@ -391,5 +391,15 @@ def devices(as_json: bool) -> None:
         click.echo(f"  {m}")
 
 
+def _add_model_commands() -> None:
+    from .modelcli import evaluate, export, train
+
+    main.add_command(train)
+    main.add_command(evaluate)
+    main.add_command(export)
+
+
+_add_model_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

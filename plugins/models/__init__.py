@@ -1,0 +1,1 @@
+"""The image+audio fusion model: network, AV-digits data, training, evaluation, ONNX export."""

@@ -1,0 +1,290 @@
+"""Training and evaluation of the fusion network on AV-digits.
+
+Splits are by speaker: a fold holds one FSDD speaker out entirely. Two of the shipped espeak
+voices are always held out too, to report accuracy on unseen synthetic voices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from streamfuse.errors import ConfigError
+
+from . import data as D
+from .fusion import FusionConfig, FusionNet
+
+HELD_OUT_VOICES = ("espeak-m7", "espeak-f5")
+LABELS = [str(d) for d in range(10)]
+
+
+@dataclass
+class TrainConfig:
+    model: FusionConfig = field(default_factory=FusionConfig)
+    data: str | None = None  # default: $STREAMFUSE_DATA or ../shared/data
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    test_speakers: tuple[str, ...] = ()  # FSDD speakers held out of training
+    limit: int | None = None  # use only this many training clips (smoke tests)
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
+        raw = dict(raw)
+        model_raw = raw.pop("model", {}) or {}
+        known = {f for f in cls.__dataclass_fields__ if f != "model"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(
+                f"train.{sorted(unknown)[0]}",
+                f"unknown setting (known: {sorted(known)})",
+                file=source,
+            )
+        mknown = set(FusionConfig.__dataclass_fields__)
+        munknown = set(model_raw) - mknown
+        if munknown:
+            raise ConfigError(
+                f"model.{sorted(munknown)[0]}",
+                f"unknown setting (known: {sorted(mknown)})",
+                file=source,
+            )
+        if "test_speakers" in raw:
+            bad = set(raw["test_speakers"]) - set(D.FSDD_SPEAKERS)
+            if bad:
+                raise ConfigError(
+                    "train.test_speakers", f"unknown speakers {sorted(bad)}", file=source
+                )
+            raw["test_speakers"] = tuple(raw["test_speakers"])
+        try:
+            return cls(model=FusionConfig(**model_raw), **raw)
+        except TypeError as exc:
+            raise ConfigError("train", str(exc), file=source) from None
+
+
+@dataclass
+class Split:
+    train_audio: list[D.Clip]
+    test_audio: dict[str, list[D.Clip]]  # name of the test set -> clips
+    train_images: tuple[np.ndarray, np.ndarray]
+    test_images: tuple[np.ndarray, np.ndarray]
+
+
+def make_split(
+    cfg: TrainConfig, clips: list[D.Clip], images: np.ndarray, labels: np.ndarray
+) -> Split:
+    held = set(cfg.test_speakers) | set(HELD_OUT_VOICES)
+    train = [c for c in clips if c.speaker not in held]
+    if cfg.limit:
+        rng = np.random.default_rng(cfg.seed)
+        train = [train[i] for i in rng.permutation(len(train))[: cfg.limit]]
+    tests = {s: [c for c in clips if c.speaker == s] for s in cfg.test_speakers}
+    tests["espeak (trained voices)"] = [
+        c for c in clips if c.speaker.startswith("espeak") and c.speaker not in held
+    ]
+    tests["espeak (held-out voices)"] = [c for c in clips if c.speaker in HELD_OUT_VOICES]
+    # The file is sorted by label: split each digit's images 80/20.
+    is_train = np.zeros(len(labels), dtype=bool)
+    for d in range(10):
+        idx = np.flatnonzero(labels == d)
+        is_train[idx[: int(len(idx) * 0.8)]] = True
+    return Split(
+        train,
+        {k: v for k, v in tests.items() if v},
+        (images[is_train], labels[is_train]),
+        (images[~is_train], labels[~is_train]),
+    )
+
+
+def batches(
+    clips: Sequence[D.Clip],
+    images: tuple[np.ndarray, np.ndarray],
+    mcfg: FusionConfig,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    train: bool,
+) -> Any:
+    """Yield (image (B,1,S,S), audio (B,N), label (B,)) with a random image of the same digit."""
+    by_digit = {d: np.flatnonzero(images[1] == d) for d in range(10)}
+    order = rng.permutation(len(clips)) if train else np.arange(len(clips))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        imgs, pcm, ys = [], [], []
+        for i in idx:
+            c = clips[i]
+            j = rng.choice(by_digit[c.digit])
+            imgs.append(D.to_model_image(images[0][j], mcfg.image_size))
+            room = mcfg.window_samples - len(c.pcm)
+            offset = int(rng.integers(0, room + 1)) if train and room > 0 else None
+            pcm.append(D.fit_audio(c.pcm, mcfg.window_samples, offset))
+            ys.append(c.digit)
+        yield (
+            torch.from_numpy(np.stack(imgs))[:, None],
+            torch.from_numpy(np.stack(pcm)),
+            torch.tensor(ys),
+        )
+
+
+def train_model(
+    cfg: TrainConfig, split: Split, progress: Callable[[int, int, float], None] | None = None
+) -> FusionNet:
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    g = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = FusionNet(cfg.model)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(split.train_audio) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    )
+    step = 0
+    net.train()
+    for _epoch in range(cfg.epochs):
+        for img, pcm, y in batches(
+            split.train_audio, split.train_images, cfg.model, cfg.batch_size, rng, train=True
+        ):
+            img = D.augment_images(img, g)
+            pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
+            # ModDrop: blank one whole input for some samples (never both).
+            drop = torch.rand(len(y), generator=g) < cfg.model.modality_dropout
+            which = torch.rand(len(y), generator=g) < 0.5
+            no_img, no_aud = drop & which, drop & ~which
+            img = img * (~no_img).float()[:, None, None, None]
+            pcm = pcm * (~no_aud).float()[:, None]
+            fused, li, la = net(img, pcm)
+            loss = F.cross_entropy(fused, y)
+            loss = loss + 0.5 * _masked_ce(li, y, ~no_img) + 0.5 * _masked_ce(la, y, ~no_aud)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress:
+                progress(step, steps, float(loss.detach()))
+    net.eval()
+    return net
+
+
+def _masked_ce(logits: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    if not keep.any():
+        return logits.sum() * 0
+    return F.cross_entropy(logits[keep], y[keep])
+
+
+CONDITIONS = ("clean", "degraded", "image blank", "audio blank")
+
+
+@torch.no_grad()
+def evaluate(
+    net: FusionNet, clips: Sequence[D.Clip], images: tuple[np.ndarray, np.ndarray], seed: int = 1
+) -> dict[str, dict[str, float]]:
+    """Accuracy of the fused output and of each modality's head, per condition."""
+    out: dict[str, dict[str, float]] = {}
+    for cond in CONDITIONS:
+        rng = np.random.default_rng(seed)
+        g = torch.Generator().manual_seed(seed)
+        hits = {"fused": 0, "image": 0, "audio": 0}
+        n = 0
+        for img, pcm, y in batches(clips, images, net.cfg, 256, rng, train=False):
+            if cond == "degraded":
+                img, pcm = D.degrade_images(img, g), D.degrade_audio(pcm, g)
+            elif cond == "image blank":
+                img = torch.zeros_like(img)
+            elif cond == "audio blank":
+                pcm = torch.zeros_like(pcm)
+            fused, li, la = net(img, pcm)
+            for name, logits in (("fused", fused), ("image", li), ("audio", la)):
+                hits[name] += int((logits.argmax(1) == y).sum())
+            n += len(y)
+        out[cond] = {k: v / n for k, v in hits.items()}
+    return out
+
+
+def save_checkpoint(path: Path, net: FusionNet, cfg: TrainConfig, metrics: dict[str, Any]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "config": asdict(cfg), "metrics": metrics}, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_checkpoint(path: Path) -> tuple[FusionNet, TrainConfig, dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError("checkpoint", f"{path} does not exist; train one with `streamfuse train`")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        cfg_raw = dict(raw["config"])
+        cfg = TrainConfig.from_dict({k: v for k, v in cfg_raw.items()}, source=str(path))
+        net = FusionNet(cfg.model)
+        net.load_state_dict(raw["model"])
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError("checkpoint", f"{path} is not a streamfuse checkpoint: {exc}") from None
+    net.eval()
+    return net, cfg, raw.get("metrics", {})
+
+
+def run_training(
+    cfg: TrainConfig, out: Path, progress: Callable[[int, int, float], None] | None = None
+) -> dict[str, Any]:
+    """Train, evaluate on the held-out sets, write ``model.pt`` and ``model_card.json``."""
+    t0 = time.monotonic()
+    root = D.data_root(cfg.data)
+    clips = D.load_clips(root, cfg.model.sample_rate)
+    images, labels = D.load_mnist(root)
+    split = make_split(cfg, clips, images, labels)
+    net = train_model(cfg, split, progress)
+    metrics = {name: evaluate(net, cl, split.test_images) for name, cl in split.test_audio.items()}
+    ckpt = out / "model.pt"
+    digest = save_checkpoint(ckpt, net, cfg, metrics)
+    card = {
+        "model": "streamfuse AV-digits fusion network",
+        "fusion": cfg.model.fusion,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "data": {
+            "audio": "FSDD (CC BY-SA 4.0) spoken digits + shipped espeak-ng voices, resampled to "
+            f"{cfg.model.sample_rate} Hz",
+            "images": "MNIST 5k subset (per digit: first 80% for training, last 20% for testing)",
+            "train_speakers": sorted({c.speaker for c in split.train_audio}),
+            "test_sets": {k: len(v) for k, v in split.test_audio.items()},
+        },
+        "metrics": metrics,
+        "train_seconds": round(time.monotonic() - t0, 1),
+        "checkpoint_sha256": digest,
+        "config": asdict(cfg),
+        "reproduce": "streamfuse train --config configs/train/av-digits.yaml",
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def leave_one_speaker_out(
+    cfg: TrainConfig,
+    speakers: Sequence[str],
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Train once per held-out FSDD speaker; return its metrics per speaker."""
+    root = D.data_root(cfg.data)
+    clips = D.load_clips(root, cfg.model.sample_rate)
+    images, labels = D.load_mnist(root)
+    results = {}
+    for spk in speakers:
+        fold = replace(cfg, test_speakers=(spk,))
+        split = make_split(fold, clips, images, labels)
+        cb = (lambda s, n, loss, spk=spk: progress(spk, s, n, loss)) if progress else None
+        net = train_model(fold, split, cb)
+        results[spk] = evaluate(net, split.test_audio[spk], split.test_images)
+    return results

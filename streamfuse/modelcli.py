@@ -1,0 +1,195 @@
+"""``streamfuse train``, ``eval`` and ``export``: the model commands (torch loads lazily)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from .errors import ConfigError
+
+
+def load_train_config(path: str | None, overrides: dict[str, Any]) -> Any:
+    from streamfuse_plugins.models.train import TrainConfig
+
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping of settings")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(raw, source=path or "command line")
+
+
+def _progress(label: str, as_json: bool) -> Any:
+    """A rich progress bar on stderr (none with --json)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if as_json:
+        return None
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", default=None, help="Training YAML (configs/train/av-digits.yaml)."
+)
+@click.option("--out", default="runs/av-digits", show_default=True, help="Output folder.")
+@click.option("--epochs", type=int, default=None, help="Override the config's epochs.")
+@click.option(
+    "--data", default=None, help="Data folder (default: $STREAMFUSE_DATA or ../shared/data)."
+)
+@click.option(
+    "--limit", type=int, default=None, help="Use only this many training clips (smoke runs)."
+)
+@click.option("--json", "as_json", is_flag=True)
+def train(
+    config_path: str | None,
+    out: str,
+    epochs: int | None,
+    data: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Train the fusion model; write model.pt, model.onnx and model_card.json."""
+    from streamfuse_plugins.models.export import export_onnx
+    from streamfuse_plugins.models.train import load_checkpoint, run_training
+
+    cfg = load_train_config(config_path, {"epochs": epochs, "data": data, "limit": limit})
+    out_dir = Path(out)
+    bar = _progress("training", as_json)
+    task = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal task
+        if bar is None:
+            return
+        if task is None:
+            task = bar.add_task("train", total=total, loss=loss)
+        bar.update(task, completed=step, loss=loss)
+
+    if bar:
+        bar.start()
+    try:
+        card = run_training(cfg, out_dir, progress)
+    finally:
+        if bar:
+            bar.stop()
+    net, _, _ = load_checkpoint(out_dir / "model.pt")
+    card["onnx"] = export_onnx(
+        net,
+        out_dir / "model.onnx",
+        {
+            "streamfuse.card": json.dumps(
+                {k: card[k] for k in ("checkpoint_sha256", "metrics", "train_seconds")}
+            )
+        },
+    )
+    (out_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    if as_json:
+        click.echo(json.dumps(card))
+        return
+    click.echo(
+        f"trained in {card['train_seconds']:.0f} s -> {out_dir}/"
+        "{model.pt, model.onnx, model_card.json}"
+    )
+    for name, m in card["metrics"].items():
+        c = m["clean"]
+        click.echo(
+            f"  {name:<26} fused {c['fused']:.3f}  image {c['image']:.3f}  audio {c['audio']:.3f}"
+        )
+
+
+@click.command("eval")
+@click.option("--config", "config_path", default=None, help="Training YAML.")
+@click.option(
+    "--speakers",
+    default="all",
+    show_default=True,
+    help="Comma-separated FSDD speakers to hold out in turn.",
+)
+@click.option("--epochs", type=int, default=None)
+@click.option("--data", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(
+    config_path: str | None, speakers: str, epochs: int | None, data: str | None, as_json: bool
+) -> None:
+    """Leave-one-speaker-out: per-modality and fused accuracy, clean, degraded, and blanked."""
+    from streamfuse_plugins.models.data import FSDD_SPEAKERS
+    from streamfuse_plugins.models.train import CONDITIONS, leave_one_speaker_out
+
+    cfg = load_train_config(config_path, {"epochs": epochs, "data": data})
+    names = list(FSDD_SPEAKERS) if speakers == "all" else [s.strip() for s in speakers.split(",")]
+    bad = set(names) - set(FSDD_SPEAKERS)
+    if bad:
+        raise ConfigError("--speakers", f"unknown {sorted(bad)}; known: {', '.join(FSDD_SPEAKERS)}")
+    bar = _progress("leave-one-speaker-out", as_json)
+    tasks: dict[str, Any] = {}
+
+    def progress(spk: str, step: int, total: int, loss: float) -> None:
+        if bar is None:
+            return
+        if spk not in tasks:
+            tasks[spk] = bar.add_task(spk, total=total, loss=loss)
+        bar.update(tasks[spk], completed=step, loss=loss)
+
+    if bar:
+        bar.start()
+    try:
+        results = leave_one_speaker_out(cfg, names, progress)
+    finally:
+        if bar:
+            bar.stop()
+    mean = {
+        cond: {
+            k: sum(r[cond][k] for r in results.values()) / len(results)
+            for k in ("fused", "image", "audio")
+        }
+        for cond in CONDITIONS
+    }
+    if as_json:
+        click.echo(json.dumps({"per_speaker": results, "mean": mean}))
+        return
+    click.echo(f"{'held out':<10} {'condition':<12} {'fused':>6} {'image':>6} {'audio':>6}")
+    for spk, r in [*results.items(), ("MEAN", mean)]:
+        for cond in CONDITIONS:
+            m = r[cond]
+            click.echo(
+                f"{spk:<10} {cond:<12} {m['fused']:6.3f} {m['image']:6.3f} {m['audio']:6.3f}"
+            )
+
+
+@click.command()
+@click.option("--checkpoint", required=True, help="model.pt from `streamfuse train`.")
+@click.option("--out", required=True, help="ONNX file to write.")
+@click.option("--json", "as_json", is_flag=True)
+def export(checkpoint: str, out: str, as_json: bool) -> None:
+    """Export a checkpoint to ONNX (opset 17, dynamic batch), checked against torch."""
+    from streamfuse_plugins.models.export import export_onnx
+    from streamfuse_plugins.models.train import load_checkpoint
+
+    net, _, _ = load_checkpoint(Path(checkpoint))
+    report = export_onnx(net, Path(out))
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(
+            f"{out}: {report['bytes'] / 1e6:.2f} MB, opset {report['opset']}, "
+            f"max |torch - onnxruntime| {report['max_abs_diff']:.1e}"
+        )

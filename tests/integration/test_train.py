@@ -1,0 +1,96 @@
+"""`streamfuse train`, `eval` and `export` end to end on the real AV-digits data (small runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..conftest import data_dir
+from .helpers import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def data() -> Path:
+    root = data_dir()
+    if root is None or not (root / "fsdd").is_dir():
+        pytest.skip("../shared/data (FSDD, MNIST) is absent; set STREAMFUSE_DATA")
+    return root
+
+
+def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    res = run_cli(
+        "train",
+        "--config",
+        "configs/train/av-digits.yaml",
+        "--epochs",
+        "1",
+        "--limit",
+        "192",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--json",
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    card = json.loads(res.stdout)
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "model.onnx", "model_card.json"}
+    assert card["onnx"]["max_abs_diff"] <= 1e-4
+    assert set(card["metrics"]) == {"espeak (trained voices)", "espeak (held-out voices)"}
+    assert card["data"]["train_speakers"] == sorted(
+        [
+            "george",
+            "jackson",
+            "nicolas",
+            "theo",
+            "yweweler",
+            "espeak-f2",
+            "espeak-f4",
+            "espeak-m1",
+            "espeak-m3",
+        ]
+    )
+    # export again from the checkpoint, human output
+    res = run_cli(
+        "export", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "again.onnx")
+    )
+    assert res.returncode == 0, res.stderr
+    assert "opset 17" in res.stdout and (tmp_path / "again.onnx").stat().st_size > 100_000
+
+
+def test_eval_reports_every_condition_for_a_held_out_speaker(data: Path) -> None:
+    res = run_cli(
+        "eval",
+        "--config",
+        "configs/train/av-digits.yaml",
+        "--speakers",
+        "theo",
+        "--epochs",
+        "1",
+        "--data",
+        str(data),
+        "--json",
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert set(out["per_speaker"]) == {"theo"}
+    assert set(out["mean"]) == {"clean", "degraded", "image blank", "audio blank"}
+    assert all(0 <= v <= 1 for cond in out["mean"].values() for v in cond.values())
+
+
+def test_bad_model_command_input_is_a_clear_error(tmp_path: Path) -> None:
+    res = run_cli("eval", "--speakers", "bob")
+    assert res.returncode == 2 and "--speakers: unknown ['bob']" in res.stderr
+    res = run_cli(
+        "export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("train", "--data", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "no AV-digits data" in res.stderr
