@@ -126,9 +126,17 @@ def train(
 )
 @click.option("--epochs", type=int, default=None)
 @click.option("--data", default=None)
+@click.option(
+    "--baselines", is_flag=True, help="Also train image-only and audio-only models per fold."
+)
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(
-    config_path: str | None, speakers: str, epochs: int | None, data: str | None, as_json: bool
+    config_path: str | None,
+    speakers: str,
+    epochs: int | None,
+    data: str | None,
+    baselines: bool,
+    as_json: bool,
 ) -> None:
     """Leave-one-speaker-out: per-modality and fused accuracy, clean, degraded, and blanked."""
     from streamfuse_plugins.models.data import FSDD_SPEAKERS
@@ -142,37 +150,77 @@ def evaluate(
     bar = _progress("leave-one-speaker-out", as_json)
     tasks: dict[str, Any] = {}
 
-    def progress(spk: str, step: int, total: int, loss: float) -> None:
+    def progress(label: str, step: int, total: int, loss: float) -> None:
         if bar is None:
             return
-        if spk not in tasks:
-            tasks[spk] = bar.add_task(spk, total=total, loss=loss)
-        bar.update(tasks[spk], completed=step, loss=loss)
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total, loss=loss)
+        bar.update(tasks[label], completed=step, loss=loss)
 
     if bar:
         bar.start()
     try:
-        results = leave_one_speaker_out(cfg, names, progress)
+        results = leave_one_speaker_out(cfg, names, progress, baselines=baselines)
     finally:
         if bar:
             bar.stop()
+    rows = [c for c in next(iter(results.values()))]
     mean = {
-        cond: {
-            k: sum(r[cond][k] for r in results.values()) / len(results)
-            for k in ("fused", "image", "audio")
+        row: {
+            k: sum(r[row][k] for r in results.values()) / len(results)
+            for k in results[names[0]][row]
         }
-        for cond in CONDITIONS
+        for row in rows
     }
+    targets = _targets(mean)
     if as_json:
-        click.echo(json.dumps({"per_speaker": results, "mean": mean}))
+        click.echo(json.dumps({"per_speaker": results, "mean": mean, "targets": targets}))
         return
-    click.echo(f"{'held out':<10} {'condition':<12} {'fused':>6} {'image':>6} {'audio':>6}")
+    click.echo(f"{'held out':<10} {'condition':<18} {'fused':>6} {'image':>6} {'audio':>6}")
     for spk, r in [*results.items(), ("MEAN", mean)]:
         for cond in CONDITIONS:
             m = r[cond]
             click.echo(
-                f"{spk:<10} {cond:<12} {m['fused']:6.3f} {m['image']:6.3f} {m['audio']:6.3f}"
+                f"{spk:<10} {cond:<18} {m['fused']:6.3f} {m['image']:6.3f} {m['audio']:6.3f}"
             )
+        for row in rows[len(CONDITIONS) :]:
+            m = r[row]
+            click.echo(f"{spk:<10} {row:<18} clean {m['clean']:.3f}  degraded {m['degraded']:.3f}")
+    for name, t in targets.items():
+        click.echo(
+            f"target {name}: {t['value']:+.3f} (needs {t['needs']}) "
+            + ("PASS" if t["pass"] else "FAIL")
+        )
+
+
+def _targets(mean: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """The model issue's targets, on leave-one-speaker-out means."""
+    out: dict[str, dict[str, Any]] = {
+        "fused clean": {"value": mean["clean"]["fused"], "needs": ">= 0.95"},
+    }
+    img = mean.get("image-only model")
+    aud = mean.get("audio-only model")
+    best_single = max(
+        img["degraded"] if img else mean["degraded"]["image"],
+        aud["degraded"] if aud else mean["degraded"]["audio"],
+    )
+    out["degraded: fused - best single"] = {
+        "value": mean["degraded"]["fused"] - best_single,
+        "needs": ">= +0.05",
+    }
+    if img and aud:
+        out["image blank: fused - audio-only model"] = {
+            "value": mean["image blank"]["fused"] - aud["clean"],
+            "needs": ">= -0.03",
+        }
+        out["audio blank: fused - image-only model"] = {
+            "value": mean["audio blank"]["fused"] - img["clean"],
+            "needs": ">= -0.03",
+        }
+    limits = {">= 0.95": 0.95, ">= +0.05": 0.05, ">= -0.03": -0.03}
+    for t in out.values():
+        t["pass"] = t["value"] >= limits[t["needs"]] - 1e-9
+    return out
 
 
 @click.command()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -138,8 +138,13 @@ def batches(
 
 
 def train_model(
-    cfg: TrainConfig, split: Split, progress: Callable[[int, int, float], None] | None = None
+    cfg: TrainConfig,
+    split: Split,
+    progress: Callable[[int, int, float], None] | None = None,
+    only: Literal["image", "audio"] | None = None,
 ) -> FusionNet:
+    """Train the fusion network; with ``only``, a single-modality baseline (that modality's
+    encoder and head alone, the other never computed)."""
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -159,6 +164,20 @@ def train_model(
         ):
             img = D.augment_images(img, g)
             pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
+            if only is not None:
+                if only == "image":
+                    logits = net.image_head(net.image_encoder(img))
+                else:
+                    logits = net.audio_head(net.audio_encoder(net.logmel(pcm)))
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if progress:
+                    progress(step, steps, float(loss.detach()))
+                continue
             # ModDrop: blank one whole input for some samples (never both).
             drop = torch.rand(len(y), generator=g) < cfg.model.modality_dropout
             which = torch.rand(len(y), generator=g) < 0.5
@@ -275,8 +294,12 @@ def leave_one_speaker_out(
     cfg: TrainConfig,
     speakers: Sequence[str],
     progress: Callable[[str, int, int, float], None] | None = None,
+    *,
+    baselines: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Train once per held-out FSDD speaker; return its metrics per speaker."""
+    """Train once per held-out FSDD speaker; return its metrics per speaker. With
+    ``baselines``, also an image-only and an audio-only model per fold, reported under the
+    conditions ``image-only model`` and ``audio-only model`` (clean and degraded)."""
     root = D.data_root(cfg.data)
     clips = D.load_clips(root, cfg.model.sample_rate)
     images, labels = D.load_mnist(root)
@@ -284,7 +307,21 @@ def leave_one_speaker_out(
     for spk in speakers:
         fold = replace(cfg, test_speakers=(spk,))
         split = make_split(fold, clips, images, labels)
-        cb = (lambda s, n, loss, spk=spk: progress(spk, s, n, loss)) if progress else None
-        net = train_model(fold, split, cb)
-        results[spk] = evaluate(net, split.test_audio[spk], split.test_images)
+        test = split.test_audio[spk]
+
+        def cb(label: str) -> Callable[[int, int, float], None] | None:
+            if progress is None:
+                return None
+            return lambda s, n, loss: progress(label, s, n, loss)
+
+        net = train_model(fold, split, cb(spk))
+        results[spk] = evaluate(net, test, split.test_images)
+        if baselines:
+            for only in ("image", "audio"):
+                base = train_model(fold, split, cb(f"{spk} {only}-only"), only=only)
+                m = evaluate(base, test, split.test_images)
+                results[spk][f"{only}-only model"] = {
+                    "clean": m["clean"][only],
+                    "degraded": m["degraded"][only],
+                }
     return results
