@@ -127,6 +127,9 @@ def train(
 @click.option("--epochs", type=int, default=None)
 @click.option("--data", default=None)
 @click.option(
+    "--limit", type=int, default=None, help="Use only this many training clips (smoke runs)."
+)
+@click.option(
     "--baselines", is_flag=True, help="Also train image-only and audio-only models per fold."
 )
 @click.option("--json", "as_json", is_flag=True)
@@ -135,6 +138,7 @@ def evaluate(
     speakers: str,
     epochs: int | None,
     data: str | None,
+    limit: int | None,
     baselines: bool,
     as_json: bool,
 ) -> None:
@@ -142,7 +146,7 @@ def evaluate(
     from streamfuse_plugins.models.data import FSDD_SPEAKERS
     from streamfuse_plugins.models.train import CONDITIONS, leave_one_speaker_out
 
-    cfg = load_train_config(config_path, {"epochs": epochs, "data": data})
+    cfg = load_train_config(config_path, {"epochs": epochs, "data": data, "limit": limit})
     names = list(FSDD_SPEAKERS) if speakers == "all" else [s.strip() for s in speakers.split(",")]
     bad = set(names) - set(FSDD_SPEAKERS)
     if bad:

@@ -10,7 +10,7 @@ import pytest
 from ..conftest import data_dir
 from .helpers import run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
@@ -72,6 +72,8 @@ def test_eval_reports_every_condition_for_a_held_out_speaker(data: Path) -> None
         "theo",
         "--epochs",
         "1",
+        "--limit",
+        "192",
         "--baselines",
         "--data",
         str(data),
