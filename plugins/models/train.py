@@ -164,29 +164,11 @@ def train_model(
         ):
             img = D.augment_images(img, g)
             pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
-            if only is not None:
-                if only == "image":
-                    logits = net.image_head(net.image_encoder(img))
-                else:
-                    logits = net.audio_head(net.audio_encoder(net.logmel(pcm)))
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                if progress:
-                    progress(step, steps, float(loss.detach()))
-                continue
-            # ModDrop: blank one whole input for some samples (never both).
-            drop = torch.rand(len(y), generator=g) < cfg.model.modality_dropout
-            which = torch.rand(len(y), generator=g) < 0.5
-            no_img, no_aud = drop & which, drop & ~which
-            img = img * (~no_img).float()[:, None, None, None]
-            pcm = pcm * (~no_aud).float()[:, None]
-            fused, li, la = net(img, pcm)
-            loss = F.cross_entropy(fused, y)
-            loss = loss + 0.5 * _masked_ce(li, y, ~no_img) + 0.5 * _masked_ce(la, y, ~no_aud)
+            loss = (
+                _single_loss(net, only, img, pcm, y)
+                if only
+                else _fusion_loss(net, cfg, img, pcm, y, g)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -196,6 +178,35 @@ def train_model(
                 progress(step, steps, float(loss.detach()))
     net.eval()
     return net
+
+
+def _fusion_loss(
+    net: FusionNet,
+    cfg: TrainConfig,
+    img: torch.Tensor,
+    pcm: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """Fused loss plus each modality head's, with ModDrop: for some samples one whole input
+    (never both) is blanked, and that modality's head is not asked to guess."""
+    drop = torch.rand(len(y), generator=g) < cfg.model.modality_dropout
+    which = torch.rand(len(y), generator=g) < 0.5
+    no_img, no_aud = drop & which, drop & ~which
+    img = img * (~no_img).float()[:, None, None, None]
+    pcm = pcm * (~no_aud).float()[:, None]
+    fused, li, la = net(img, pcm)
+    loss = F.cross_entropy(fused, y)
+    return loss + 0.5 * _masked_ce(li, y, ~no_img) + 0.5 * _masked_ce(la, y, ~no_aud)
+
+
+def _single_loss(
+    net: FusionNet, only: str, img: torch.Tensor, pcm: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """A single-modality baseline: one encoder and its head; the other is never computed."""
+    if only == "image":
+        return F.cross_entropy(net.image_head(net.image_encoder(img)), y)
+    return F.cross_entropy(net.audio_head(net.audio_encoder(net.logmel(pcm))), y)
 
 
 def _masked_ce(logits: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
