@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    aux_weight: float = 0.5  # weight of each modality head's own loss beside the fused one
     seed: int = 0
     test_speakers: tuple[str, ...] = ()  # FSDD speakers held out of training
     limit: int | None = None  # use only this many training clips (smoke tests)
@@ -197,7 +198,8 @@ def _fusion_loss(
     pcm = pcm * (~no_aud).float()[:, None]
     fused, li, la = net(img, pcm)
     loss = F.cross_entropy(fused, y)
-    return loss + 0.5 * _masked_ce(li, y, ~no_img) + 0.5 * _masked_ce(la, y, ~no_aud)
+    aux = cfg.aux_weight
+    return loss + aux * _masked_ce(li, y, ~no_img) + aux * _masked_ce(la, y, ~no_aud)
 
 
 def _single_loss(
