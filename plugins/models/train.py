@@ -45,22 +45,8 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
         raw = dict(raw)
         model_raw = raw.pop("model", {}) or {}
-        known = {f for f in cls.__dataclass_fields__ if f != "model"}
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(
-                f"train.{sorted(unknown)[0]}",
-                f"unknown setting (known: {sorted(known)})",
-                file=source,
-            )
-        mknown = set(FusionConfig.__dataclass_fields__)
-        munknown = set(model_raw) - mknown
-        if munknown:
-            raise ConfigError(
-                f"model.{sorted(munknown)[0]}",
-                f"unknown setting (known: {sorted(mknown)})",
-                file=source,
-            )
+        _reject_unknown("train", raw, set(cls.__dataclass_fields__) - {"model"}, source)
+        _reject_unknown("model", model_raw, set(FusionConfig.__dataclass_fields__), source)
         if "test_speakers" in raw:
             bad = set(raw["test_speakers"]) - set(D.FSDD_SPEAKERS)
             if bad:
@@ -72,6 +58,14 @@ class TrainConfig:
             return cls(model=FusionConfig(**model_raw), **raw)
         except TypeError as exc:
             raise ConfigError("train", str(exc), file=source) from None
+
+
+def _reject_unknown(section: str, raw: dict[str, Any], known: set[str], source: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{section}.{unknown[0]}", f"unknown setting (known: {sorted(known)})", file=source
+        )
 
 
 @dataclass
