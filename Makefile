@@ -38,6 +38,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/transport.py --write docs/benchmarks.md
 	$(PY) benchmarks/sync.py --write docs/benchmarks.md
+	$(PY) benchmarks/model.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
