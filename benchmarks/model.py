@@ -9,7 +9,6 @@ interface, with TensorRT and CUDA where present).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from streamfuse_plugins.models import data as D
+from streamfuse_plugins.models.export import read_contract
 from streamfuse_plugins.models.fusion import Exportable, FusionConfig, FusionNet
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,8 +46,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
-    meta = {p.key: p.value for p in __import__("onnx").load(str(MODEL)).metadata_props}
-    net = FusionNet(FusionConfig(**json.loads(meta["streamfuse.config"]))).eval()  # same shapes
+    net = FusionNet(FusionConfig(**read_contract(MODEL)["config"])).eval()  # same architecture
     model = Exportable(net).eval()
     sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     rows = []

@@ -7,7 +7,6 @@ ready-made headers and payloads; this loop numbers them, publishes them and repo
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -124,36 +123,13 @@ class AudioOptions(_Options):
         return max(1, round(self.rate * self.hop_ms / 1000))
 
 
-_BUILTIN = {
-    "video": {
-        "synthetic": "streamfuse_plugins.sources.synthetic:SyntheticCamera",
-        "opencv": "streamfuse_plugins.sources.camera:OpenCVCamera",
-    },
-    "audio": {
-        "synthetic": "streamfuse_plugins.sources.synthetic:SyntheticMicrophone",
-        "file": "streamfuse_plugins.sources.audiofile:AudioFile",
-        "sounddevice": "streamfuse_plugins.sources.microphone:Microphone",
-    },
-}
 _AUDIO_FILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
 
 def _plugins(kind: Kind) -> dict[str, Callable[[], type]]:
-    """name -> loader, built-ins first, then installed entry points (which may override)."""
-    found: dict[str, Callable[[], type]] = {}
-    for name, target in _BUILTIN[kind].items():
-        found[name] = functools.partial(_load, target)
-    for ep in entry_points(group=f"streamfuse.{kind}_sources"):
-        found[ep.name] = ep.load
-    return found
-
-
-def _load(target: str) -> type:
-    import importlib
-
-    module, _, attr = target.partition(":")
-    obj: type = getattr(importlib.import_module(module), attr)
-    return obj
+    """name -> loader of every installed source plugin of this kind (entry points; the
+    built-in ones are declared in pyproject.toml like anybody else's)."""
+    return {ep.name: ep.load for ep in entry_points(group=f"streamfuse.{kind}_sources")}
 
 
 def resolve_source(kind: Kind, spec: str) -> tuple[str, str]:

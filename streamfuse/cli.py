@@ -295,37 +295,10 @@ def demo(duration: float, as_json: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="streamfuse-demo-") as tmp:
         cam_ep, mic_ep = f"ipc://{tmp}/camera", f"ipc://{tmp}/mic"
         base = [sys.executable, "-m", "streamfuse", "capture"]
+        synthetic = ["--source", "synthetic", "--endpoint"]
         children = [
-            subprocess.Popen(
-                [
-                    *base,
-                    "camera",
-                    "--source",
-                    "synthetic",
-                    "--topic",
-                    "video/front",
-                    "--endpoint",
-                    cam_ep,
-                    "--fps",
-                    "30",
-                ]
-            ),
-            subprocess.Popen(
-                [
-                    *base,
-                    "mic",
-                    "--source",
-                    "synthetic",
-                    "--topic",
-                    "audio/mic0",
-                    "--endpoint",
-                    mic_ep,
-                    "--window-ms",
-                    "1000",
-                    "--hop-ms",
-                    "500",
-                ]
-            ),
+            subprocess.Popen([*base, "camera", *synthetic, cam_ep, "--topic", "video/front"]),
+            subprocess.Popen([*base, "mic", *synthetic, mic_ep, "--topic", "audio/mic0"]),
         ]
         views: dict[bytes, TopicView] = {}
         console = Console(stderr=as_json)

@@ -7,7 +7,7 @@ one, what to do about it. The CLI prints ``str(err)`` without a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Literal
 
 __all__ = [
@@ -89,7 +89,3 @@ class DecodeError(StreamfuseError):
         self.topic = topic
         on = f" on topic {topic.decode('utf-8', 'replace')!r}" if topic is not None else ""
         super().__init__(f"rejected message{on} ({reason}): {detail}")
-
-
-def format_choices(choices: Sequence[str]) -> str:
-    return ", ".join(repr(c) for c in choices)

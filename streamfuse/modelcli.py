@@ -199,31 +199,29 @@ def evaluate(
 
 def _targets(mean: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
     """The model issue's targets, on leave-one-speaker-out means."""
-    out: dict[str, dict[str, Any]] = {
-        "fused clean": {"value": mean["clean"]["fused"], "needs": ">= 0.95"},
-    }
+
+    def target(value: float, threshold: float, needs: str) -> dict[str, Any]:
+        return {"value": value, "needs": needs, "pass": value >= threshold - 1e-9}
+
     img = mean.get("image-only model")
     aud = mean.get("audio-only model")
     best_single = max(
         img["degraded"] if img else mean["degraded"]["image"],
         aud["degraded"] if aud else mean["degraded"]["audio"],
     )
-    out["degraded: fused - best single"] = {
-        "value": mean["degraded"]["fused"] - best_single,
-        "needs": ">= +0.05",
+    out = {
+        "fused clean": target(mean["clean"]["fused"], 0.95, ">= 0.95"),
+        "degraded: fused - best single": target(
+            mean["degraded"]["fused"] - best_single, 0.05, ">= +0.05"
+        ),
     }
     if img and aud:
-        out["image blank: fused - audio-only model"] = {
-            "value": mean["image blank"]["fused"] - aud["clean"],
-            "needs": ">= -0.03",
-        }
-        out["audio blank: fused - image-only model"] = {
-            "value": mean["audio blank"]["fused"] - img["clean"],
-            "needs": ">= -0.03",
-        }
-    limits = {">= 0.95": 0.95, ">= +0.05": 0.05, ">= -0.03": -0.03}
-    for t in out.values():
-        t["pass"] = t["value"] >= limits[t["needs"]] - 1e-9
+        out["image blank: fused - audio-only model"] = target(
+            mean["image blank"]["fused"] - aud["clean"], -0.03, ">= -0.03"
+        )
+        out["audio blank: fused - image-only model"] = target(
+            mean["audio blank"]["fused"] - img["clean"], -0.03, ">= -0.03"
+        )
     return out
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -284,22 +284,17 @@ class Synchronizer:
                 break
             pivot = max(heads, key=lambda n: (heads[n], n))
             tp = heads[pivot]
-            if len(heads) < len(self._queues):
-                # A stream has nothing: wait for it, until the pivot's deadline.
-                if now < tp + cfg.max_wait:
-                    break
+            # Not final yet (a stream is empty or may still send something closer): wait,
+            # until the pivot's deadline, then go with what there is.
+            choice = self._choose(pivot, tp, partial=False)
+            if choice is not None:
+                out.append(self._emit_approx(choice, now, "complete"))
+            elif now >= tp + cfg.max_wait:
                 out.append(
                     self._emit_approx(self._choose(pivot, tp, partial=True), now, "deadline")
                 )
-                continue
-            choice = self._choose(pivot, tp, partial=False)
-            if choice is None:
-                if now < tp + cfg.max_wait:
-                    break
-                choice = self._choose(pivot, tp, partial=True)
-                out.append(self._emit_approx(choice, now, "deadline"))
-                continue
-            out.append(self._emit_approx(choice, now, "complete"))
+            else:
+                break
         return out
 
     def _choose(self, pivot: str, tp: int, *, partial: bool) -> dict[str, int | None] | None:
@@ -394,14 +389,3 @@ def _stamp(header: object) -> int:
     if isinstance(header, AudioWindow):
         return header.t_capture + header.n_samples * 500_000_000 // header.sample_rate
     return header.t_capture  # type: ignore[attr-defined]
-
-
-def replay(sync: Synchronizer, arrivals: Iterable[tuple[int, Envelope]]) -> list[Bundle]:
-    """Push ``(now, envelope)`` arrivals in order and poll once more at the end (+max_wait)."""
-    out: list[Bundle] = []
-    last = 0
-    for now, env in arrivals:
-        out += sync.push(env, now)
-        last = now
-    out += sync.poll(last + sync.config.max_wait + 1)
-    return out

@@ -75,7 +75,6 @@ class Publisher:
         # tcp://127.0.0.1:0 picks a free port; report the one it got.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
         self._subscriptions: Counter[bytes] = Counter()
-        self.sent = 0
 
     def send(self, topic: str | bytes, header: Message, payload: object | None = None) -> None:
         """Send one message. ``payload`` (bytes, memoryview, numpy array) is sent without a
@@ -85,7 +84,6 @@ class Publisher:
         if payload is not None:
             parts.append(payload)
         self._sock.send_multipart(parts, copy=False)
-        self.sent += 1
 
     def poll_subscriptions(self) -> int:
         """Read pending (un)subscriptions; return how many topic prefixes are subscribed."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +108,3 @@ def render_table(sub: Subscriber, views: dict[bytes, TopicView], title: str) -> 
             f"{k}={v}" for k, v in sorted(sub.rejected.items())
         )
     return table
-
-
-def now_ns() -> int:
-    return time.monotonic_ns()
