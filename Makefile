@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml
 		$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0; \
 	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# NVIDIA's TensorRT API as type stubs, so mypy checks the TensorRT backend without
+	@# TensorRT; --no-deps because the stubs' metadata pulls TensorRT itself.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
+	@# Two generator slips in those stubs stop mypy: a parameter named `in` (a keyword) and a
+	@# required parameter after defaults. Fix them in place; nothing else is touched.
+	sed -i -E 's/([(,] ?)in: /\1in_: /g; s/channel_axis: int\) -> IScaleLayer/channel_axis: int = 0) -> IScaleLayer/' \
+		$$($(PY) -c 'import tensorrt_bindings; print(list(tensorrt_bindings.__path__)[0])')/tensorrt.pyi
 	@touch $@
 
 demo: $(STAMP)

@@ -1,35 +1,62 @@
-"""CPU latency of the shipped default model: ONNX Runtime vs torch eager, batch 1/4/8.
+"""Latency and throughput of the shipped default model per backend, batch 1/4/8.
 
-    python benchmarks/model.py [--iters 200] [--write docs/benchmarks.md]
+    python benchmarks/model.py [--iters 300] [--write docs/benchmarks.md]
 
-A first measurement for the backends issue (which will run this through the backend
-interface, with TensorRT and CUDA where present).
+Runs every backend this machine has through the backend interface (what the engine uses):
+ONNX Runtime and torch eager on CPU; on a CUDA GPU also torch eager, torch CUDA graphs
+(fp32 and fp16), ONNX Runtime's CUDA provider and TensorRT where installed. Targets:
+ONNX Runtime CPU batch 1 <= 5 ms; CUDA graph >= 2x faster than eager at batch 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-import torch
-from streamfuse_plugins.models import data as D
-from streamfuse_plugins.models.export import read_contract
-from streamfuse_plugins.models.fusion import Exportable, FusionConfig, FusionNet
+
+from streamfuse.backend import BackendOptions, ModelInfo, available_backends, open_backend
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transport import write_section
 
-MODEL = Path(D.__file__).parent / "default" / "av_digits.onnx"
+#: (label, backend, options) — those the machine cannot run are listed as skipped.
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("onnxruntime cpu", "onnxruntime", {"device": "cpu"}),
+    ("torch cpu eager", "torch", {"device": "cpu"}),
+    (
+        "torch cuda eager fp32",
+        "torch",
+        {"device": "cuda", "precision": "fp32", "cuda_graphs": False},
+    ),
+    (
+        "torch cuda graph fp32",
+        "torch",
+        {"device": "cuda", "precision": "fp32", "cuda_graphs": True},
+    ),
+    (
+        "torch cuda eager fp16",
+        "torch",
+        {"device": "cuda", "precision": "fp16", "cuda_graphs": False},
+    ),
+    (
+        "torch cuda graph fp16",
+        "torch",
+        {"device": "cuda", "precision": "fp16", "cuda_graphs": True},
+    ),
+    ("onnxruntime cuda", "onnxruntime", {"device": "cuda"}),
+    ("tensorrt fp16", "tensorrt", {"device": "cuda", "precision": "fp16"}),
+]
 
 
 def timed(fn, iters: int) -> list[float]:  # type: ignore[no-untyped-def]
-    for _ in range(10):
+    for _ in range(20):
         fn()
     out = []
     for _ in range(iters):
@@ -39,61 +66,74 @@ def timed(fn, iters: int) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "cpu"
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} x{len(names)}" if names else "cpu"
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return "no CUDA GPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
-    net = FusionNet(FusionConfig(**read_contract(MODEL)["config"])).eval()  # same architecture
-    model = Exportable(net).eval()
-    sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
-    rows = []
-    for batch in (1, 4, 8):
-        image = np.random.default_rng(0).random((batch, 1, 32, 32), dtype=np.float32)
-        audio = (np.random.default_rng(1).standard_normal((batch, 16000)) * 0.1).astype(np.float32)
-        feeds = {"image": image, "audio": audio}
-        ti, ta = torch.from_numpy(image), torch.from_numpy(audio)
+    logging.basicConfig(level=logging.WARNING)
+    model = ModelInfo.load()
+    reasons = {(r["backend"], r["device"]): r["reason"] for r in available_backends()}
+    rows, skipped = [], []
+    for label, name, opts in VARIANTS:
+        cls_reason = reasons.get((name, opts["device"]))
+        if name == "onnxruntime" and opts["device"] == "cuda":
+            from streamfuse_plugins.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        def run_torch(ti: torch.Tensor = ti, ta: torch.Tensor = ta) -> None:
-            with torch.inference_mode():
-                model(ti, ta)
-
-        for name, fn in (
-            ("onnxruntime", lambda feeds=feeds: sess.run(None, feeds)),
-            ("torch eager", run_torch),
-        ):
-            lat = timed(fn, args.iters)
-            rows.append(
-                (
-                    batch,
-                    name,
-                    statistics.median(lat),
-                    float(np.percentile(lat, 99)),
-                    batch * 1000 / statistics.median(lat),
-                )
-            )
+            cls_reason = OnnxRuntimeBackend.unavailable("cuda")
+        if cls_reason:
+            skipped.append(f"{label}: {cls_reason}")
+            continue
+        backend = open_backend(name, model, BackendOptions(max_batch=8, **opts))
+        for batch in (1, 4, 8):
+            image, audio = model.example_inputs(batch)
+            lat = timed(lambda b=backend, i=image, a=audio: b.infer(i, a), args.iters)
+            p50 = statistics.median(lat)
+            rows.append((batch, label, p50, float(np.percentile(lat, 99)), batch * 1000 / p50))
             print(
-                f"batch {batch} {name:<12} p50 {rows[-1][2]:.2f} ms  p99 {rows[-1][3]:.2f} ms  {rows[-1][4]:.0f}/s",
+                f"batch {batch} {label:<24} p50 {p50:.3f} ms  p99 {rows[-1][3]:.3f} ms  {rows[-1][4]:.0f}/s",
                 flush=True,
             )
-    ref = {b: p50 for b, n, p50, _, _ in rows if n == "onnxruntime"}
+        backend.close()
+    ref = {b: p50 for b, n, p50, _, _ in rows if n == "onnxruntime cpu"}
     lines = [
-        "## Model: CPU latency of the shipped default model",
+        "## Model: latency per backend (shipped default model)",
         "",
         f"Command: `python benchmarks/model.py --iters {args.iters} --write docs/benchmarks.md`  ",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-        f"onnxruntime {ort.__version__}, torch {torch.__version__}  ",
-        f"Model: plugins/models/default/av_digits.onnx; {args.iters} timed runs after 10 warm-up; "
-        "torch eager runs the same architecture (random weights: speed only). Target (backends issue): "
-        "ONNX Runtime batch 1 <= 5 ms.",
+        f"Machine: {platform.machine()}, {cpu_name()}, GPU: {device_name()}, "
+        f"Python {platform.python_version()}  ",
+        f"Each backend through `streamfuse.backend` (inputs from numpy, outputs back to numpy); {args.iters} "
+        "timed calls after 20 warm-up. Targets: onnxruntime cpu batch 1 <= 5 ms; CUDA graph >= 2x eager at batch 1.",
         "",
-        "| batch | runtime | p50 ms | p99 ms | samples/s | p50 vs onnxruntime |",
+        "| batch | backend | p50 ms | p99 ms | samples/s | p50 vs onnxruntime cpu |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for b, n, p50, p99, tput in rows:
-        lines.append(f"| {b} | {n} | {p50:.2f} | {p99:.2f} | {tput:.0f} | {p50 / ref[b]:.2f}x |")
+        lines.append(f"| {b} | {n} | {p50:.3f} | {p99:.3f} | {tput:.0f} | {p50 / ref[b]:.2f}x |")
+    if skipped:
+        lines += ["", "Not run here: " + "; ".join(skipped) + "."]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:

@@ -365,8 +365,10 @@ def devices(as_json: bool) -> None:
 
 
 def _add_model_commands() -> None:
-    from .modelcli import evaluate, export, train
+    from .modelcli import backends, build_engine, evaluate, export, train
 
+    main.add_command(backends)
+    main.add_command(build_engine)
     main.add_command(train)
     main.add_command(evaluate)
     main.add_command(export)

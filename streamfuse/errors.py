@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 __all__ = [
+    "BackendError",
     "ConfigError",
     "DecodeError",
     "DeviceNotFound",
@@ -67,6 +68,15 @@ class SourceError(StreamfuseError):
         self.source = source
         self.problem = problem
         super().__init__(f"{source}: {problem}")
+
+
+class BackendError(StreamfuseError):
+    """An inference backend cannot run here, or failed to load or build a model."""
+
+    def __init__(self, backend: str, problem: str) -> None:
+        self.backend = backend
+        self.problem = problem
+        super().__init__(f"backend {backend}: {problem}")
 
 
 RejectReason = Literal[

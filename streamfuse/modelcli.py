@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -230,12 +231,17 @@ def _targets(mean: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
 @click.option("--out", required=True, help="ONNX file to write.")
 @click.option("--json", "as_json", is_flag=True)
 def export(checkpoint: str, out: str, as_json: bool) -> None:
-    """Export a checkpoint to ONNX (opset 17, dynamic batch), checked against torch."""
+    """Export a checkpoint to ONNX (opset 17, dynamic batch), checked against torch; the
+    checkpoint is copied beside it (``.pt``) for the torch backend."""
     from streamfuse_plugins.models.export import export_onnx
     from streamfuse_plugins.models.train import load_checkpoint
 
     net, _, _ = load_checkpoint(Path(checkpoint))
     report = export_onnx(net, Path(out))
+    # The torch backend loads the weights from beside the ONNX file.
+    weights = Path(out).with_suffix(".pt")
+    if weights.resolve() != Path(checkpoint).resolve():
+        shutil.copyfile(checkpoint, weights)
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -243,3 +249,82 @@ def export(checkpoint: str, out: str, as_json: bool) -> None:
             f"{out}: {report['bytes'] / 1e6:.2f} MB, opset {report['opset']}, "
             f"max |torch - onnxruntime| {report['max_abs_diff']:.1e}"
         )
+
+
+@click.command("backends")
+@click.option("--json", "as_json", is_flag=True)
+def backends(as_json: bool) -> None:
+    """Which inference backends can run here, in the order `auto` tries them, and why not."""
+    from .backend import available_backends
+
+    rows = available_backends()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        mark = "yes" if r["available"] else "no "
+        click.echo(f"{mark}  {r['backend']:<12} {r['device']:<5} {r['reason'] or ''}".rstrip())
+
+
+@click.command("build-engine")
+@click.option("--model", "model_path", default=None, help="ONNX model (default: the shipped one).")
+@click.option(
+    "--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True
+)
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Profile: batch 1..N.")
+@click.option("--device", default="cuda:0", show_default=True)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Engine cache (default $STREAMFUSE_CACHE or ~/.cache/streamfuse).",
+)
+@click.option("--calibration", default=None, help="int8: .npz with image and audio arrays.")
+@click.option("--json", "as_json", is_flag=True)
+def build_engine(
+    model_path: str | None,
+    precision: str,
+    max_batch: int,
+    device: str,
+    cache_dir: str | None,
+    calibration: str | None,
+    as_json: bool,
+) -> None:
+    """Build (or find in the cache) the TensorRT engine for a model, ahead of time."""
+    from .backend import BackendOptions, ModelInfo
+    from .errors import BackendError
+
+    try:
+        from streamfuse_plugins.backends.tensorrt_backend import TensorRTBackend, get_engine
+    except ImportError as exc:  # pragma: no cover - the plugin ships with the package
+        raise BackendError("tensorrt", f"plugin missing: {exc}") from None
+    reason = TensorRTBackend.unavailable(device)
+    if reason is not None:
+        raise BackendError("tensorrt", f"cannot build here: {reason}")
+    model = ModelInfo.load(model_path)
+    options = BackendOptions(
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        max_batch=max_batch,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        calibration=Path(calibration) if calibration else None,
+    )
+
+    def progress(phase: str, step: int, total: int) -> None:
+        if not as_json:
+            click.echo(f"  {phase}: {step}/{total}", err=True)
+
+    hit, _, _ = get_engine(model, options, progress)
+    report = {
+        "engine": str(hit.path),
+        "built": hit.built,
+        "seconds": round(hit.seconds, 1),
+        "bytes": len(hit.data),
+        "precision": precision,
+        "max_batch": max_batch,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+    elif hit.built:
+        click.echo(f"built {hit.path} ({len(hit.data) / 1e6:.1f} MB) in {hit.seconds:.0f} s")
+    else:
+        click.echo(f"cached: {hit.path} ({len(hit.data) / 1e6:.1f} MB)")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamfuse.backend import ModelInfo
 from streamfuse.errors import ConfigError
 
 from .fusion import Exportable, FusionNet
@@ -198,24 +199,4 @@ def graph_ops(path: Path) -> set[str]:
 
 def read_contract(path: Path) -> dict[str, Any]:
     """The input contract stored in an exported model's metadata."""
-    import onnx
-
-    try:
-        props = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-    except Exception as exc:
-        raise ConfigError("model", f"{path} is not a readable ONNX model: {exc}") from None
-    missing = [
-        k for k in ("streamfuse.labels", "streamfuse.image", "streamfuse.audio") if k not in props
-    ]
-    if missing:
-        raise ConfigError(
-            "model",
-            f"{path} lacks streamfuse metadata {missing}; export it with `streamfuse export`",
-        )
-    return {
-        k.removeprefix("streamfuse."): json.loads(v) if v[:1] in "[{" else v
-        for k, v in props.items()
-        if k.startswith("streamfuse.")
-    }
+    return ModelInfo.load(path).metadata

@@ -86,10 +86,11 @@ class LogMel(nn.Module):
         real = np.cos(2 * math.pi * k * t / cfg.n_fft) * window
         imag = -np.sin(2 * math.pi * k * t / cfg.n_fft) * window
         basis = np.concatenate([real, imag]).astype(np.float32)  # (2F, n_fft)
-        self.register_buffer("basis", torch.from_numpy(basis)[:, None, None, :])  # (2F,1,1,n_fft)
-        self.register_buffer(
-            "mel", torch.from_numpy(mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate))
-        )
+        # Not persistent: both are computed from the config, so checkpoints stay small.
+        basis_t = torch.from_numpy(basis)[:, None, None, :]  # (2F, 1, 1, n_fft)
+        self.register_buffer("basis", basis_t, persistent=False)
+        mel = torch.from_numpy(mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate))
+        self.register_buffer("mel", mel, persistent=False)
         self.n_bins, self.hop, self.pad = n_bins, cfg.hop_length, cfg.n_fft // 2
         self.basis: torch.Tensor
         self.mel: torch.Tensor

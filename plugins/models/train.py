@@ -254,7 +254,9 @@ def load_checkpoint(path: Path) -> tuple[FusionNet, TrainConfig, dict[str, Any]]
         cfg_raw = dict(raw["config"])
         cfg = TrainConfig.from_dict({k: v for k, v in cfg_raw.items()}, source=str(path))
         net = FusionNet(cfg.model)
-        net.load_state_dict(raw["model"])
+        # Checkpoints from before the front end's buffers became non-persistent carry them.
+        state = {k: v for k, v in raw["model"].items() if not k.endswith((".basis", ".mel"))}
+        net.load_state_dict(state)
     except ConfigError:
         raise
     except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ..conftest import data_dir
@@ -61,6 +62,14 @@ def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Pa
     )
     assert res.returncode == 0, res.stderr
     assert "opset 17" in res.stdout and (tmp_path / "again.onnx").stat().st_size > 100_000
+    # every backend of this machine runs what `export` wrote, and they agree
+    from streamfuse.backend import BackendOptions, ModelInfo, open_backend
+
+    model = ModelInfo.load(tmp_path / "again.onnx")
+    inputs = model.example_inputs(2)
+    ort_out = open_backend("onnxruntime", model).infer(*inputs)
+    torch_out = open_backend("torch", model, BackendOptions()).infer(*inputs)
+    assert np.abs(ort_out["probs"] - torch_out["probs"]).max() <= 1e-4
 
 
 def test_eval_reports_every_condition_for_a_held_out_speaker(data: Path) -> None:

@@ -1,0 +1,1 @@
+"""Inference backends: ONNX Runtime, torch (CPU/CUDA), TensorRT. See streamfuse.backend."""
