@@ -5,6 +5,7 @@ The core package imports no camera, audio or deep-learning library; those live i
 """
 
 from .capture import AudioOptions, VideoOptions, open_source, run_capture
+from .client import Client
 from .errors import (
     ConfigError,
     DecodeError,
@@ -35,6 +36,7 @@ __all__ = [
     "AudioOptions",
     "AudioWindow",
     "Classification",
+    "Client",
     "ConfigError",
     "DecodeError",
     "DeviceNotFound",

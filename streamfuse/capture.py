@@ -199,7 +199,9 @@ def run_capture(
     sent_at_last_hb = 0
     ended: Literal["eof", "stopped", "limit"] = "stopped"
 
-    def heartbeat(now: int) -> None:
+    def heartbeat(
+        now: int, state: Literal["running", "eof", "stopped", "limit"] = "running"
+    ) -> None:
         nonlocal hb_seq, last_hb, sent_at_last_hb
         dt = (now - last_hb) / 1e9
         publisher.send(
@@ -217,6 +219,7 @@ def run_capture(
                 drops=dict(source.drops),
                 errors=dict(source.errors),
                 last_error=source.last_error,
+                state=state,
             ),
         )
         hb_seq += 1
@@ -242,7 +245,7 @@ def run_capture(
         now = time.monotonic_ns()
         if now - last_hb >= heartbeat_interval * 1e9:
             heartbeat(now)
-    heartbeat(time.monotonic_ns())
+    heartbeat(time.monotonic_ns(), ended)  # the last one says why it ended
     return CaptureSummary(
         topic=topic,
         source=source.description,

@@ -31,6 +31,7 @@ __all__ = [
     "Classification",
     "Envelope",
     "Heartbeat",
+    "InputRef",
     "Message",
     "VideoFrame",
     "audio_array",
@@ -100,15 +101,49 @@ class AudioWindow(_Header, kw_only=True, tag="audio"):
         return self.t_capture + self.n_samples * 1_000_000_000 // self.sample_rate
 
 
-class Classification(_Header, kw_only=True, tag="classification"):
-    """A fused classification. Reserved here; the engine defines the full set of fields.
+class InputRef(msgspec.Struct, kw_only=True):
+    """One input of a classification: which stream, which message, what time it covers."""
 
-    ``t_capture`` is the capture time of the latest input that went into it.
+    stream: str
+    """Topic of the input, e.g. ``video/front`` or ``audio/mic0``."""
+    seq: Count = 0
+    t0: Nanos
+    """Capture interval start (a frame: its capture time; a window: its first sample)."""
+    t1: Nanos
+    """Capture interval end (a frame: its capture time; a window: just after its last sample)."""
+    media_t0: Nanos | None = None
+    """File and replay sources: the same interval in media time."""
+    media_t1: Nanos | None = None
+
+
+class Classification(_Header, kw_only=True, tag="classification"):
+    """One fused classification, published by the engine on ``result/<camera>``.
+
+    ``t_capture`` is the capture time of the latest input that went into it (the later of
+    the frame's capture time and the audio window's end); ``stream`` is the camera's name.
     """
 
     label: str = ""
     score: float = 0.0
     topk: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    image_label: str = ""
+    """What the image branch alone says, with its confidence."""
+    image_score: float = 0.0
+    audio_label: str = ""
+    audio_score: float = 0.0
+    degraded: bool = False
+    """True when an input was missing (blanked); ``missing`` names it."""
+    missing: list[str] = msgspec.field(default_factory=list)
+    inputs: list[InputRef] = msgspec.field(default_factory=list)
+    latency: dict[str, int] = msgspec.field(default_factory=dict)
+    """Nanoseconds per stage: ``transport`` (latest input's capture to its arrival),
+    ``queue`` (arrival to the synchronizer), ``sync_wait`` (until its bundle was decided),
+    ``preprocess``, ``inference``, ``publish`` (building the message), and ``total``
+    (latest input's capture to publication)."""
+    model: str = ""
+    """First 12 hex digits of the model file's sha256."""
+    backend: str = ""
+    """``name/device/precision`` of the backend that ran it."""
 
 
 class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
@@ -127,6 +162,10 @@ class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
     errors: dict[str, int] = msgspec.field(default_factory=dict)
     """Errors, by kind (``reopen``, ``read_failed``, ``clock_resync``, ...)."""
     last_error: str | None = None
+    state: Literal["running", "eof", "stopped", "limit"] = "running"
+    """``eof`` in the last heartbeat of a file source that reached its end."""
+    depths: dict[str, int] = msgspec.field(default_factory=dict)
+    """Queue depths (the engine's synchronizer queues, by stream)."""
 
 
 Message: TypeAlias = VideoFrame | AudioWindow | Classification | Heartbeat

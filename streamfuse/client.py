@@ -1,0 +1,175 @@
+"""The subscriber SDK robotics apps import: typed classifications, blocking or asyncio.
+
+    from streamfuse import Client
+
+    with Client("tcp://127.0.0.1:5560") as client:
+        for result in client:                    # blocks; Ctrl-C ends it
+            if result.label == "7" and result.score > 0.9:
+                robot.stop()
+
+    async with Client(topics=["result/front"]) as client:
+        async for result in client:
+            ...
+
+ZeroMQ reconnects on its own (a restarted daemon is picked up within ``reconnect_max_ms``)
+and ZMTP heartbeats notice a peer that vanished without closing its connection. Messages
+the app missed (its own queue overflowed, or the daemon restarted) show in :attr:`missed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from . import messages
+from .errors import DecodeError, EndpointError
+from .messages import Classification
+
+__all__ = ["Client"]
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
+
+
+class Client:
+    def __init__(
+        self,
+        endpoint: str | Iterable[str] = DEFAULT_ENDPOINT,
+        topics: Iterable[str] = ("result/",),
+        *,
+        rcvhwm: int = 1000,
+        reconnect_ms: int = 100,
+        reconnect_max_ms: int = 2000,
+        heartbeat_ms: int = 1000,
+    ) -> None:
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self.topics = list(topics)
+        self.received = 0
+        self.missed = 0
+        """Classifications lost between the daemon and this app (sequence gaps)."""
+        self.rejected = 0
+        """Messages that were not valid classifications (skipped)."""
+        self._last_seq: dict[str, int] = {}
+        self._opts = {
+            zmq.RCVHWM: rcvhwm,
+            zmq.LINGER: 0,
+            zmq.RECONNECT_IVL: reconnect_ms,
+            zmq.RECONNECT_IVL_MAX: reconnect_max_ms,
+            zmq.HEARTBEAT_IVL: heartbeat_ms,
+            zmq.HEARTBEAT_TIMEOUT: heartbeat_ms * 3,
+        }
+        # Sockets open on first use: a blocking one for recv(), an asyncio one for arecv().
+        self._ctx: zmq.Context | None = None
+        self._sock: Any = None
+        self._actx: zmq.asyncio.Context | None = None
+        self._asock: Any = None
+        # Connect now, so a bad endpoint fails here and messages queue from this moment.
+        self._ctx = zmq.Context()
+        self._sock = self._open(self._ctx)
+
+    def _open(self, ctx: zmq.Context) -> Any:
+        sock = ctx.socket(zmq.SUB)
+        for opt, value in self._opts.items():
+            sock.setsockopt(opt, value)
+        for t in self.topics:
+            sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        for ep in self.endpoints:
+            try:
+                sock.connect(ep)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise EndpointError(ep, "connect to", exc.strerror) from None
+        return sock
+
+    def _accept(self, frames: list[bytes]) -> Classification | None:
+        try:
+            env = messages.decode(frames)
+        except DecodeError:
+            self.rejected += 1
+            return None
+        header = env.header
+        if not isinstance(header, Classification):
+            return None
+        stream = header.stream
+        last = self._last_seq.get(stream)
+        if last is not None and header.seq > last + 1:
+            self.missed += header.seq - last - 1
+        self._last_seq[stream] = header.seq
+        self.received += 1
+        return header
+
+    # --- blocking --------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> Classification | None:
+        """The next classification, or ``None`` after ``timeout`` seconds."""
+        ms = None if timeout is None else int(timeout * 1000)
+        if self._sock is None:
+            self._ctx = zmq.Context()
+            self._sock = self._open(self._ctx)
+        while True:
+            if not self._sock.poll(ms):
+                return None
+            result = self._accept(self._sock.recv_multipart())
+            if result is not None:
+                return result
+
+    def __iter__(self) -> Iterator[Classification]:
+        while True:
+            result = self.recv()
+            if result is not None:
+                yield result
+
+    # --- asyncio ---------------------------------------------------------------------
+
+    async def arecv(self, timeout: float | None = None) -> Classification | None:
+        if self._asock is None:
+            if self._sock is not None and self.received == 0:  # an asyncio-only client
+                self._sock.close(linger=0)
+                assert self._ctx is not None
+                self._ctx.term()
+                self._sock = self._ctx = None
+            self._actx = zmq.asyncio.Context()
+            self._asock = self._open(self._actx)
+        while True:
+            try:
+                frames = await asyncio.wait_for(self._asock.recv_multipart(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            result = self._accept(frames)
+            if result is not None:
+                return result
+
+    async def __aiter__(self) -> AsyncIterator[Classification]:
+        while True:
+            result = await self.arecv()
+            if result is not None:
+                yield result
+
+    # --- lifetime --------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            assert self._ctx is not None
+            self._ctx.term()
+            self._sock = self._ctx = None
+        if self._asock is not None:
+            self._asock.close(linger=0)
+            assert self._actx is not None
+            self._actx.term()
+            self._asock = self._actx = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,304 @@
+"""The engine: subscribe -> synchronize -> batch -> infer -> publish classifications.
+
+One process, one thread, one loop. Every received message goes through the pure
+:class:`~streamfuse.sync.Synchronizer`; each bundle it emits becomes one sample per camera,
+the samples that are ready together form one batch, and each sample becomes one
+:class:`~streamfuse.messages.Classification` on ``result/<camera>`` with its inputs and a
+latency ledger. The publisher drops for a subscriber that falls ``sndhwm`` messages behind
+(it sees sequence gaps): a slow subscriber never slows the engine.
+
+If the microphone goes silent for ``mic_timeout_ms`` the engine keeps classifying from the
+cameras alone, once per hop, with the audio blanked and the result marked degraded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend, BackendOptions, ModelInfo, open_backend
+from .config import RunConfig
+from .messages import AudioWindow, Classification, Envelope, Heartbeat, InputRef, VideoFrame
+from .preprocess import Preprocessor
+from .sync import Bundle, Synchronizer
+from .transport import Publisher, Subscriber, heartbeat_topic
+
+__all__ = ["RESULT_PREFIX", "Engine", "EngineStats"]
+
+log = logging.getLogger(__name__)
+
+RESULT_PREFIX = "result/"
+TICK_S = 0.005
+
+
+@dataclass
+class _Sample:
+    camera: str
+    """Camera topic."""
+    frame: Envelope | None
+    audio: Envelope | None
+    t_latest: int
+    arrived: int
+    pushed: int
+    decided: int
+    missing: list[str]
+
+
+@dataclass
+class EngineStats:
+    published: int = 0
+    batches: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+
+
+class Engine:
+    def __init__(self, cfg: RunConfig, backend: Backend | None = None) -> None:
+        self.cfg = cfg
+        self.model = ModelInfo.load(cfg.engine.model)
+        if backend is None:
+            e = cfg.engine
+            options = BackendOptions(
+                device=e.device or "cpu",
+                precision=e.precision,
+                max_batch=e.max_batch,
+                threads=e.threads,
+            )
+            backend = open_backend(e.backend, self.model, options)
+        self.backend = backend
+        self.pre = Preprocessor(self.model)
+        self.sync = Synchronizer(cfg.sync_config())
+        self.cameras = [cfg.camera_topic(c) for c in cfg.cameras]
+        self.mic = cfg.mic_topic
+        self.stats = EngineStats()
+        self._arrivals: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
+        self._seq: Counter[str] = Counter()
+        self._latest_frame: dict[str, Envelope] = {}
+        self._last_audio_ns = 0
+        self._last_camera_only = 0
+        self._ended: set[str] = set()
+        self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
+        self._sha = self.model.sha256[:12]
+        self._labels = self.model.labels
+
+    # --- the loop ----------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, until_eof: bool = False) -> str:
+        """Serve until ``stop`` is set or (``until_eof``) every file source has ended.
+        Returns why it ended: ``stopped`` or ``eof``."""
+        cfg = self.cfg
+        topics = [*self.cameras, self.mic, "heartbeat/video/", "heartbeat/audio/"]
+        endpoints = [cfg.endpoint(t) for t in (*self.cameras, self.mic)]
+        pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm)
+        sub = Subscriber(endpoints, topics, rcvhwm=256)
+        hb_topic = heartbeat_topic(RESULT_PREFIX)
+        start = last_hb = time.monotonic_ns()
+        hb_seq = 0
+        published_at_hb = 0
+        ended = "stopped"
+        self._last_audio_ns = start
+        sources = set(self.cameras) | {self.mic}
+        try:
+            while not stop.is_set():
+                env = sub.recv(timeout=TICK_S)
+                now = time.monotonic_ns()
+                bundles: list[Bundle] = []
+                if env is None:
+                    bundles = self.sync.poll(now)
+                else:
+                    topic = env.topic.decode()
+                    if isinstance(env.header, Heartbeat):
+                        if env.header.state == "eof":
+                            self._ended.add(topic.removeprefix("heartbeat/"))
+                    else:
+                        if isinstance(env.header, AudioWindow):
+                            self._last_audio_ns = now
+                        elif isinstance(env.header, VideoFrame):
+                            self._latest_frame[topic] = env
+                        self._arrivals[(topic, env.header.seq)] = (now, time.monotonic_ns())
+                        bundles = self.sync.push(env, time.monotonic_ns())
+                samples = [s for b in bundles for s in self._samples(b)]
+                samples += self._camera_only(now)
+                for i in range(0, len(samples), self.backend.max_batch):
+                    self._infer_and_publish(samples[i : i + self.backend.max_batch], pub)
+                if until_eof and sources <= self._ended:
+                    # every source has ended: flush what the synchronizer still holds
+                    far = time.monotonic_ns() + 10**12
+                    rest = [s for b in self.sync.poll(far) for s in self._samples(b)]
+                    for i in range(0, len(rest), self.backend.max_batch):
+                        self._infer_and_publish(rest[i : i + self.backend.max_batch], pub)
+                    ended = "eof"
+                    break
+                if now - last_hb >= 1_000_000_000:
+                    dt = (now - last_hb) / 1e9
+                    rate = (self.stats.published - published_at_hb) / dt
+                    pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, rate))
+                    hb_seq, last_hb, published_at_hb = hb_seq + 1, now, self.stats.published
+                while len(self._arrivals) > 4096:  # frames no window wanted
+                    self._arrivals.popitem(last=False)
+            now = time.monotonic_ns()
+            pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, 0.0, state=ended))
+        finally:
+            sub.close()
+            pub.close()
+            self.backend.close()
+        return ended
+
+    # --- bundles -> samples ----------------------------------------------------------
+
+    def _samples(self, b: Bundle) -> list[_Sample]:
+        out = []
+        audio = b.audio
+        assert audio is not None and isinstance(audio.header, AudioWindow)
+        a_topic = audio.topic.decode()
+        a_arr, a_push = self._arrivals.pop((a_topic, audio.header.seq), (b.emitted_at,) * 2)
+        for cam in self.cameras:
+            frames = b.frames.get(cam, ())
+            frame = frames[len(frames) // 2] if frames else None
+            latest, arrived, pushed = audio.header.t_end, a_arr, a_push
+            if frame is not None:
+                f_arr, f_push = self._arrivals.get((cam, frame.header.seq), (a_arr, a_push))
+                if frame.header.t_capture > latest:
+                    latest, arrived, pushed = frame.header.t_capture, f_arr, f_push
+                if f_push > pushed:  # the bundle could not leave before its later input
+                    arrived, pushed = f_arr, f_push
+            out.append(
+                _Sample(cam, frame, audio, latest, arrived, pushed, b.emitted_at, list(b.missing))
+            )
+        return out
+
+    def _camera_only(self, now: int) -> list[_Sample]:
+        """With the microphone silent, classify the newest frame per camera once per hop."""
+        silent_ns = int(self.cfg.engine.mic_timeout_ms * 1e6)
+        hop_ns = int(self.cfg.mic.hop_ms * 1e6)
+        if now - self._last_audio_ns < silent_ns or now - self._last_camera_only < hop_ns:
+            return []
+        if self.mic in self._ended:
+            return []
+        self._last_camera_only = now
+        out = []
+        for cam in self.cameras:
+            frame = self._latest_frame.pop(cam, None)
+            if frame is None:
+                continue
+            f_arr, f_push = self._arrivals.pop((cam, frame.header.seq), (now, now))
+            out.append(
+                _Sample(cam, frame, None, frame.header.t_capture, f_arr, f_push, now, [self.mic])
+            )
+        return out
+
+    # --- inference ---------------------------------------------------------------------
+
+    def _infer_and_publish(self, samples: list[_Sample], pub: Publisher) -> None:
+        if not samples:
+            return
+        t0 = time.monotonic_ns()
+        images, audios = [], []
+        for s in samples:
+            try:
+                images.append(self.pre.image(s.frame) if s.frame else self.pre.blank_image())
+            except Exception as exc:  # a frame that cannot be decoded: blank it, say so
+                self._error("preprocess", f"{s.camera}: {exc}")
+                images.append(self.pre.blank_image())
+                s.missing.append(s.camera)
+            audios.append(self.pre.audio(s.audio) if s.audio else self.pre.blank_audio())
+        t1 = time.monotonic_ns()
+        try:
+            out = self.backend.infer(np.stack(images), np.stack(audios))
+        except Exception as exc:
+            self._error("inference", f"batch of {len(samples)}: {exc}")
+            return
+        t2 = time.monotonic_ns()
+        self.stats.batches += 1
+        probs, p_img, p_aud = (out[k] for k in self.model.outputs[:3])
+        for i, s in enumerate(samples):
+            order = np.argsort(-probs[i])[:3]
+            msg = Classification(
+                stream=s.camera.removeprefix("video/"),
+                seq=self._seq[s.camera],
+                t_capture=s.t_latest,
+                t_wall=time.time_ns(),
+                media_pos=_media(s.frame) if s.frame else _media(s.audio),
+                label=self._labels[order[0]],
+                score=float(probs[i, order[0]]),
+                topk=[(self._labels[j], float(probs[i, j])) for j in order],
+                image_label=self._labels[int(p_img[i].argmax())],
+                image_score=float(p_img[i].max()),
+                audio_label=self._labels[int(p_aud[i].argmax())],
+                audio_score=float(p_aud[i].max()),
+                degraded=bool(s.missing),
+                missing=sorted(set(s.missing)),
+                inputs=[_ref(e) for e in (s.frame, s.audio) if e is not None],
+                model=self._sha,
+                backend=self._tag,
+            )
+            t_pub = time.monotonic_ns()
+            msg.latency = {
+                "transport": max(0, s.arrived - s.t_latest),
+                "queue": s.pushed - s.arrived,
+                "sync_wait": max(0, s.decided - s.pushed),
+                "preprocess": (t1 - t0) // len(samples),
+                "inference": t2 - t1,
+                "publish": t_pub - t2,
+                "total": t_pub - s.t_latest,
+            }
+            pub.send(RESULT_PREFIX + msg.stream, msg)
+            self._seq[s.camera] += 1
+            self.stats.published += 1
+
+    # --- health -------------------------------------------------------------------------
+
+    def _error(self, kind: str, message: str) -> None:
+        self.stats.errors[kind] += 1
+        self.stats.last_error = message
+        log.warning("%s", message)
+
+    def _heartbeat(
+        self, sub: Subscriber, seq: int, now: int, start: int, rate: float, state: str = "running"
+    ) -> Heartbeat:
+        drops: Counter[str] = Counter({k: v for k, v in self.sync.drops.items() if k != "unpaired"})
+        for reason, n in sub.rejected.items():
+            drops[f"rejected_{reason}"] += n
+        gaps = sum(st.gaps for st in sub.streams.values())
+        if gaps:
+            drops["gap"] = gaps
+        return Heartbeat(
+            stream="engine",
+            seq=seq,
+            t_capture=now,
+            t_wall=time.time_ns(),
+            source=f"{self._tag} model {self._sha}",
+            pid=os.getpid(),
+            uptime_ns=now - start,
+            sent=self.stats.published,
+            rate_hz=rate,
+            drops=dict(drops),
+            errors=dict(self.stats.errors),
+            last_error=self.stats.last_error,
+            state=state,  # type: ignore[arg-type]
+            depths=self.sync.depths(),
+        )
+
+
+def _media(env: Envelope | None) -> int | None:
+    return None if env is None else env.header.media_pos
+
+
+def _ref(env: Envelope) -> InputRef:
+    h = env.header
+    t1 = h.t_end if isinstance(h, AudioWindow) else h.t_capture
+    m0 = h.media_pos
+    return InputRef(
+        stream=env.topic.decode(),
+        seq=h.seq,
+        t0=h.t_capture,
+        t1=t1,
+        media_t0=m0,
+        media_t1=None if m0 is None else m0 + (t1 - h.t_capture),
+    )

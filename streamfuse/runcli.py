@@ -1,0 +1,92 @@
+"""``streamfuse run`` (the supervised daemon) and ``streamfuse engine`` (its inference child)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import msgspec
+
+from .config import load_config
+from .messages import Classification
+
+log = logging.getLogger("streamfuse")
+
+
+def describe(c: Classification) -> str:
+    """One human-readable line for a classification."""
+    lat = c.latency
+    media = f" t={c.media_pos / 1e9:6.2f}s" if c.media_pos is not None else ""
+    line = (
+        f"{c.stream:<8}{media}  {c.label} ({c.score:.2f})  image {c.image_label} "
+        f"{c.image_score:.2f}  audio {c.audio_label} {c.audio_score:.2f}  "
+        f"total {lat.get('total', 0) / 1e6:.1f} ms "
+        f"(inference {lat.get('inference', 0) / 1e6:.2f} ms)"
+    )
+    if c.degraded:
+        line += f"  DEGRADED: missing {', '.join(c.missing)}"
+    return line
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", default=None, help="YAML config (configs/streamfuse.yaml)."
+)
+@click.option("--camera", default=None, help="Override the first camera's source.")
+@click.option("--mic", default=None, help="Override the microphone's source.")
+@click.option("--output", default=None, help="Override engine.output (where results go).")
+@click.option("--http-port", type=int, default=None, help="Override http.port (0: off).")
+@click.option("--json", "as_json", is_flag=True, help="Classifications as JSON lines on stdout.")
+@click.option("--until-eof", is_flag=True, help="Exit once file sources end and all is classified.")
+def run(
+    config_path: str | None,
+    camera: str | None,
+    mic: str | None,
+    output: str | None,
+    http_port: int | None,
+    as_json: bool,
+    until_eof: bool,
+) -> None:
+    """Run the daemon: camera and microphone processes, the engine, health and metrics."""
+    from .cli import install_stop_handlers
+    from .supervisor import Supervisor
+
+    cfg = load_config(
+        config_path, {"camera": camera, "mic": mic, "output": output, "http_port": http_port}
+    )
+    encoder = msgspec.json.Encoder()
+
+    def on_result(c: Classification) -> None:
+        if as_json:
+            sys.stdout.buffer.write(encoder.encode(c) + b"\n")
+            sys.stdout.flush()
+        else:
+            click.echo(describe(c))
+
+    stop = install_stop_handlers()
+    sup = Supervisor(cfg, until_eof=until_eof, on_result=on_result)
+    click.echo(
+        f"streamfuse: {len(cfg.cameras)} camera(s) + mic -> {cfg.engine.output}"
+        + (f"; health/metrics on http://{cfg.http.host}:{cfg.http.port}/" if cfg.http.port else ""),
+        err=True,
+    )
+    status = sup.run(stop)
+    if sup.failure:
+        click.echo(f"error: {sup.failure}", err=True)
+    sys.exit(status)
+
+
+@click.command(hidden=True)
+@click.option("--config", "config_path", required=True)
+@click.option("--until-eof", is_flag=True)
+def engine(config_path: str, until_eof: bool) -> None:
+    """The inference process (started by `streamfuse run`)."""
+    from .cli import install_stop_handlers
+    from .engine import Engine
+
+    cfg = load_config(config_path)
+    stop = install_stop_handlers()
+    eng = Engine(cfg)
+    ended = eng.run(stop, until_eof=until_eof)
+    log.info("engine %s after %d classifications", ended, eng.stats.published)

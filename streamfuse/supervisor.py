@@ -1,0 +1,364 @@
+"""``streamfuse run``: start the camera, microphone and engine processes and keep them up.
+
+- Children are ``python -m streamfuse capture ...`` / ``engine ...`` processes. A child
+  that crashes is restarted after a backoff that doubles (0.5 s -> 10 s by default) and
+  resets once it has run for 30 s; one that ends normally (a file at its end) is not.
+- SIGTERM/SIGINT stop the sensors first, then the engine; a child that has not exited after
+  5 s is killed. Children get PR_SET_PDEATHSIG, so even a killed supervisor leaves none.
+- File sources of one session share a start epoch, so a video and a wav of the same
+  session stay aligned.
+- Under systemd (``Type=notify``): READY=1 once the engine's first heartbeat arrives,
+  WATCHDOG=1 while it keeps coming, STOPPING=1 on the way out.
+- ``/healthz`` (JSON; 503 while the engine is not heartbeating) and Prometheus ``/metrics``
+  (per-stream rates, drops by reason, queue depths, latency histograms, restarts) on a
+  local HTTP port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, dump_config
+from .engine import RESULT_PREFIX
+from .errors import EndpointError
+from .messages import Classification, Heartbeat
+from .transport import Subscriber
+
+__all__ = ["Supervisor", "sd_notify"]
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+STABLE_S = 30.0
+HEALTHY_S = 3.0
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` to systemd if it is listening (``$NOTIFY_SOCKET``); the protocol is
+    one datagram on a unix socket (sd_notify(3)); abstract sockets start with ``@``."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", state.split("\n")[0], exc)
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    sensor: bool
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.0
+    restart_at: float | None = None
+    done: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class _Metrics:
+    """Prometheus view of the heartbeats and classifications the supervisor sees."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.sup = sup
+        self.registry = CollectorRegistry()
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+        self.latency = Histogram(
+            "streamfuse_latency_seconds",
+            "Per-stage latency of classifications (stage=total: capture to publication).",
+            ["stage"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rate = GaugeMetricFamily(
+            "streamfuse_stream_rate_hz", "Messages per second by stream.", labels=["stream"]
+        )
+        drops = CounterMetricFamily(
+            "streamfuse_drops", "Messages lost, by stream and reason.", labels=["stream", "reason"]
+        )
+        errors = CounterMetricFamily(
+            "streamfuse_errors", "Errors, by stream and kind.", labels=["stream", "kind"]
+        )
+        depth = GaugeMetricFamily(
+            "streamfuse_queue_depth", "Engine synchronizer queue depths.", labels=["queue"]
+        )
+        restarts = CounterMetricFamily(
+            "streamfuse_child_restarts", "Child process restarts.", labels=["child"]
+        )
+        results = CounterMetricFamily(
+            "streamfuse_classifications", "Classifications seen, by camera.", labels=["camera"]
+        )
+        for stream, hb in list(self.sup.heartbeats.items()):
+            rate.add_metric([stream], hb.rate_hz)
+            for reason, n in hb.drops.items():
+                drops.add_metric([stream, reason], n)
+            for kind, n in hb.errors.items():
+                errors.add_metric([stream, kind], n)
+            for queue, n in hb.depths.items():
+                depth.add_metric([queue], n)
+        for child in self.sup.children:
+            restarts.add_metric([child.name], child.restarts)
+        for cam, n in self.sup.result_counts.items():
+            results.add_metric([cam], n)
+        yield from (rate, drops, errors, depth, restarts, results)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        until_eof: bool = False,
+        on_result: Callable[[Classification], None] | None = None,
+        epoch_ns: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.until_eof = until_eof
+        self.on_result = on_result
+        self.epoch_ns = epoch_ns if epoch_ns is not None else time.monotonic_ns() + 2_000_000_000
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.hb_seen_at: dict[str, float] = {}
+        self.result_counts: dict[str, int] = {}
+        self.ready = False
+        self.failure: str | None = None
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        self.config_file = Path(cfg.run_dir) / "config.json"
+        self.config_file.write_bytes(dump_config(cfg))
+        self.children = self._plan()
+        self.metrics = _Metrics(self)
+        self.http_port: int | None = None
+
+    # --- what to run ---------------------------------------------------------------------
+
+    def _plan(self) -> list[Child]:
+        cfg = self.cfg
+        py = [sys.executable, "-m", "streamfuse"]
+        common = ["--epoch-ns", str(self.epoch_ns), "--wait-for-subscriber", "15"]
+        engine = [*py, "engine", "--config", str(self.config_file)]
+        if self.until_eof:
+            engine.append("--until-eof")
+        children = [Child("engine", engine, sensor=False)]
+        for cam in cfg.cameras:
+            topic = cfg.camera_topic(cam)
+            argv = [*py, "capture", "camera", "--source", cam.source, "--topic", topic]
+            argv += ["--endpoint", cfg.endpoint(topic), *common]
+            sizes = {"--fps": cam.fps, "--width": cam.width, "--height": cam.height}
+            for flag, value in {**sizes, "--jpeg": cam.jpeg}.items():
+                if value is not None:
+                    argv += [flag, str(value)]
+            children.append(Child(f"camera {cam.name}", argv, sensor=True))
+        mic = cfg.mic
+        argv = [*py, "capture", "mic", "--source", mic.source, "--topic", cfg.mic_topic]
+        argv += ["--endpoint", cfg.endpoint(cfg.mic_topic), *common, "--rate", str(mic.rate)]
+        argv += ["--window-ms", str(mic.window_ms), "--hop-ms", str(mic.hop_ms)]
+        children.append(Child(f"mic {mic.name}", argv, sensor=True))
+        return children
+
+    def _start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(
+            child.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=None,
+            preexec_fn=_die_with_parent,
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        """Run until ``stop`` (or, with ``until_eof``, the engine's last classification).
+        Returns the exit status: 0, or 1 when a child failed in a way that ends the run."""
+        cfg = self.cfg
+        if cfg.http.port:
+            self._serve_http()
+        endpoints = [cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())]
+        monitor = Subscriber(endpoints, ["heartbeat/", RESULT_PREFIX], rcvhwm=10_000)
+        for child in self.children:
+            self._start(child)
+        watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
+        last_ping = 0.0
+        status = 0
+        try:
+            while not stop.is_set():
+                env = monitor.recv(timeout=0.05)
+                if env is not None and self._observe(env.topic.decode(), env.header):
+                    break  # the engine said eof: everything has been classified
+                if not self._tend_children():
+                    status = 1
+                    break
+                now = time.monotonic()
+                if watchdog_s and self.healthy() and now - last_ping >= watchdog_s:
+                    sd_notify("WATCHDOG=1")
+                    last_ping = now
+        finally:
+            sd_notify("STOPPING=1")
+            self._stop_children()
+            monitor.close()
+        return status
+
+    def _sensor_topics(self) -> list[str]:
+        return [*(self.cfg.camera_topic(c) for c in self.cfg.cameras), self.cfg.mic_topic]
+
+    def _observe(self, topic: str, header: Any) -> bool:
+        if isinstance(header, Classification):
+            self.result_counts[header.stream] = self.result_counts.get(header.stream, 0) + 1
+            for stage, ns in header.latency.items():
+                self.metrics.latency.labels(stage).observe(ns / 1e9)
+            if self.on_result is not None:
+                self.on_result(header)
+        elif isinstance(header, Heartbeat):
+            stream = topic.removeprefix("heartbeat/")
+            self.heartbeats[stream] = header
+            self.hb_seen_at[stream] = time.monotonic()
+            if stream == RESULT_PREFIX:
+                if not self.ready:
+                    self.ready = True
+                    sd_notify(f"READY=1\nSTATUS=engine up ({header.source})")
+                    log.info("ready: %s", header.source)
+                if header.state == "eof" and self.until_eof:
+                    return True
+        return False
+
+    def _tend_children(self) -> bool:
+        """Reap and restart children; False when the run cannot go on."""
+        now = time.monotonic()
+        low, high = self.cfg.restart_backoff_s
+        for child in self.children:
+            if child.done:
+                continue
+            if child.proc is None:
+                if child.restart_at is not None and now >= child.restart_at:
+                    self._start(child)
+                continue
+            rc = child.proc.poll()
+            if rc is None:
+                if child.backoff and now - child.started_at > STABLE_S:
+                    child.backoff = 0.0
+                continue
+            child.exit_codes.append(rc)
+            child.proc = None
+            if rc == 0 and child.sensor:
+                log.info("%s ended (end of its source)", child.name)
+                child.done = True
+                continue
+            if self.until_eof:
+                self.failure = f"{child.name} exited with status {rc} during an --until-eof run"
+                log.error("%s", self.failure)
+                return False
+            child.backoff = min(high, child.backoff * 2 if child.backoff else low)
+            child.restart_at = now + child.backoff
+            child.restarts += 1
+            log.warning(
+                "%s exited with status %d; restarting in %.1f s", child.name, rc, child.backoff
+            )
+        return True
+
+    def _stop_children(self) -> None:
+        # Sensors first (their last heartbeats reach the engine), then the engine.
+        for group in ([c for c in self.children if c.sensor], [self.children[0]]):
+            procs = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for p in procs:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.warning("pid %d did not stop in %.0f s; killing it", p.pid, STOP_GRACE_S)
+                    p.kill()
+                    p.wait()
+
+    # --- health ---------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        seen = self.hb_seen_at.get(RESULT_PREFIX)
+        return seen is not None and time.monotonic() - seen < HEALTHY_S
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "status": "ok" if self.healthy() else "starting" if not self.ready else "unhealthy",
+            "children": {
+                c.name: {
+                    "pid": c.proc.pid if c.proc else None,
+                    "running": c.proc is not None and c.proc.poll() is None,
+                    "done": c.done,
+                    "restarts": c.restarts,
+                    "exit_codes": c.exit_codes[-5:],
+                }
+                for c in self.children
+            },
+            "heartbeat_age_s": {k: round(now - v, 3) for k, v in self.hb_seen_at.items()},
+            "classifications": self.result_counts,
+        }
+
+    def _serve_http(self) -> None:
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        from prometheus_client import make_wsgi_app
+
+        metrics_app = make_wsgi_app(self.metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                body = json.dumps(self.health()).encode()
+                code = "200 OK" if self.healthy() else "503 Service Unavailable"
+                start_response(code, [("Content-Type", "application/json")])
+                return [body]
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"streamfuse: /healthz or /metrics\n"]
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        try:
+            server = make_server(self.cfg.http.host, self.cfg.http.port, app, handler_class=Quiet)
+        except OSError as exc:
+            url = f"http://{self.cfg.http.host}:{self.cfg.http.port}"
+            raise EndpointError(url, "bind", exc.strerror or str(exc)) from None
+        self.http_port = server.server_port
+        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        log.info("health and metrics on http://%s:%d/", self.cfg.http.host, self.http_port)
