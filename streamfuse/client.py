@@ -12,7 +12,8 @@
             ...
 
 ZeroMQ reconnects on its own (a restarted daemon is picked up within ``reconnect_max_ms``)
-and ZMTP heartbeats notice a peer that vanished without closing its connection. Messages
+and TCP keepalives notice a peer that vanished without closing its connection. (Not ZMTP
+heartbeats: with a full receive queue they crash libzmq 4.3 — zeromq/libzmq#3937.) Messages
 the app missed (its own queue overflowed, or the daemon restarted) show in :attr:`missed`.
 """
 
@@ -43,7 +44,7 @@ class Client:
         rcvhwm: int = 1000,
         reconnect_ms: int = 100,
         reconnect_max_ms: int = 2000,
-        heartbeat_ms: int = 1000,
+        keepalive_s: int = 10,
     ) -> None:
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self.topics = list(topics)
@@ -58,8 +59,9 @@ class Client:
             zmq.LINGER: 0,
             zmq.RECONNECT_IVL: reconnect_ms,
             zmq.RECONNECT_IVL_MAX: reconnect_max_ms,
-            zmq.HEARTBEAT_IVL: heartbeat_ms,
-            zmq.HEARTBEAT_TIMEOUT: heartbeat_ms * 3,
+            zmq.TCP_KEEPALIVE: 1,
+            zmq.TCP_KEEPALIVE_IDLE: keepalive_s,
+            zmq.TCP_KEEPALIVE_INTVL: max(1, keepalive_s // 2),
         }
         # Sockets open on first use: a blocking one for recv(), an asyncio one for arecv().
         self._ctx: zmq.Context | None = None
@@ -68,7 +70,11 @@ class Client:
         self._asock: Any = None
         # Connect now, so a bad endpoint fails here and messages queue from this moment.
         self._ctx = zmq.Context()
-        self._sock = self._open(self._ctx)
+        try:
+            self._sock = self._open(self._ctx)
+        except EndpointError:
+            self._ctx.term()
+            raise
 
     def _open(self, ctx: zmq.Context) -> Any:
         sock = ctx.socket(zmq.SUB)

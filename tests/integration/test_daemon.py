@@ -1,0 +1,346 @@
+"""`streamfuse run` as a user runs it: real child processes, real sockets, real files.
+
+One long-running daemon (synthetic sensors) serves the read-only checks: health, metrics,
+the Python client (blocking and asyncio), the C subscriber, the robot example and a slow
+subscriber. Tests that break things (kill -9 the engine, a missing microphone, SIGTERM,
+systemd) start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+
+from streamfuse import Client
+from streamfuse.messages import Classification
+
+from ..conftest import Children, require
+from .helpers import free_port, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp: Path, **sections: Any) -> tuple[Path, dict[str, Any]]:
+    cfg: dict[str, Any] = {
+        "run_dir": str(tmp / "run"),
+        "engine": {"output": f"ipc://{tmp}/result", "sndhwm": 4},
+        "http": {"port": free_port()},
+        "mic": {"hop_ms": 250},
+        "restart_backoff_s": [0.2, 1.0],
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp / "streamfuse.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def http_json(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            body = r.read().decode()
+            return r.status, json.loads(body) if path == "/healthz" else body
+    except urllib.error.HTTPError as err:
+        body = err.read().decode()
+        return err.code, json.loads(body) if path == "/healthz" else body
+
+
+def wait_healthy(port: int, timeout: float = 60, want: str = "ok") -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            _, last = http_json(port, "/healthz")
+            if last["status"] == want:
+                return last  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"daemon not {want} after {timeout} s: {last}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("daemon")
+    path, cfg = write_config(tmp)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamfuse", "run", "--config", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        health = wait_healthy(cfg["http"]["port"])
+        yield {"proc": proc, "cfg": cfg, "health": health, "output": cfg["engine"]["output"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
+def test_health_and_metrics(daemon: dict[str, Any]) -> None:
+    port = daemon["cfg"]["http"]["port"]
+    status, health = http_json(port, "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert set(health["children"]) == {"engine", "camera front", "mic mic0"}
+    assert all(c["running"] for c in health["children"].values())
+    time.sleep(1.5)  # a heartbeat round with rates in it
+    status, text = http_json(port, "/metrics")
+    assert status == 200
+    for needle in (
+        'streamfuse_latency_seconds_bucket{le="0.01",stage="total"}',
+        'streamfuse_latency_seconds_count{stage="inference"}',
+        'streamfuse_stream_rate_hz{stream="video/front"}',
+        'streamfuse_stream_rate_hz{stream="audio/mic0"}',
+        'streamfuse_queue_depth{queue="video/front"}',
+        'streamfuse_child_restarts_total{child="engine"} 0.0',
+        'streamfuse_classifications_total{camera="front"}',
+    ):
+        assert needle in text, needle
+    rate = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('streamfuse_stream_rate_hz{stream="video/front"}')
+    )
+    assert 20 < rate < 40
+    assert http_json(port, "/nope")[0] == 404
+
+
+def test_json_lines_are_complete_classifications(daemon: dict[str, Any]) -> None:
+    proc = daemon["proc"]
+    decoder = msgspec.json.Decoder(Classification)
+    results = [decoder.decode(proc.stdout.readline()) for _ in range(6)]
+    for r in results:
+        assert r.stream == "front" and r.label in {str(i) for i in range(10)}
+        assert 0 < r.score <= 1 and [t[0] for t in r.topk][0] == r.label
+        assert {i.stream for i in r.inputs} == {"video/front", "audio/mic0"}
+        audio = next(i for i in r.inputs if i.stream == "audio/mic0")
+        frame = next(i for i in r.inputs if i.stream == "video/front")
+        assert audio.t1 - audio.t0 == 1_000_000_000  # one 1 s window
+        assert abs(frame.t0 - (audio.t0 + audio.t1) // 2) <= 50_000_000  # nearest the centre
+        assert r.t_capture == max(audio.t1, frame.t0)
+        stages = {"transport", "queue", "sync_wait", "preprocess", "inference", "publish", "total"}
+        assert set(r.latency) == stages
+        assert r.latency["total"] >= r.latency["inference"] > 0
+        assert not r.degraded and r.backend.startswith(("onnxruntime/", "tensorrt/", "torch/"))
+        assert len(r.model) == 12
+    seqs = [r.seq for r in results]
+    assert seqs == list(range(seqs[0], seqs[0] + 6))
+
+
+def test_client_blocking_async_and_topic_filter(daemon: dict[str, Any]) -> None:
+    with Client(daemon["output"]) as client:
+        got = [client.recv(timeout=10) for _ in range(3)]
+    assert all(isinstance(r, Classification) for r in got)
+    assert client.missed == 0 and client.rejected == 0
+
+    async def take(n: int) -> list[Classification]:
+        out = []
+        async with Client(daemon["output"], topics=["result/front"]) as c:
+            async for r in c:
+                out.append(r)
+                if len(out) == n:
+                    break
+        return out
+
+    assert len(asyncio.run(asyncio.wait_for(take(2), 20))) == 2
+    with Client(daemon["output"], topics=["result/back"]) as nobody:
+        assert nobody.recv(timeout=1.5) is None  # no camera called "back"
+
+
+def test_a_subscriber_that_stops_reading_does_not_slow_the_others(
+    daemon: dict[str, Any],
+) -> None:
+    """The publisher never waits for a subscriber (it drops for one that is sndhwm behind;
+    see test_client.py for the counting): a reader beside a stalled one loses nothing and its
+    latency stays where it was."""
+    with Client(daemon["output"], rcvhwm=2) as stalled, Client(daemon["output"]) as fast:
+        fast.recv(timeout=10)
+        stalled.recv(timeout=10)
+        before = [fast.recv(timeout=10) for _ in range(4)]
+        during = []
+        t_end = time.monotonic() + 5  # `stalled` reads nothing for 5 s (~20 results)
+        while time.monotonic() < t_end:
+            r = fast.recv(timeout=5)
+            assert r is not None
+            during.append(r)
+        assert fast.missed == 0 and len(during) >= 15
+    p50 = sorted(r.latency["total"] for r in during)[len(during) // 2]
+    base = max(r.latency["total"] for r in before if r is not None)
+    assert p50 < max(3 * base, 20_000_000)
+
+
+def test_c_subscriber_reads_the_protocol(daemon: dict[str, Any], tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    headers = Path("/usr/include/zmq.h").exists() and Path("/usr/include/msgpack.h").exists()
+    require(cc is not None and headers, "a C compiler, libzmq3-dev and libmsgpack-dev (.ci/run)")
+    exe = tmp_path / "subscriber"
+    src = ROOT / "examples" / "c" / "subscriber.c"
+    build = subprocess.run(
+        [str(cc), "-O2", "-Wall", "-Werror", "-o", str(exe), str(src), "-lzmq", "-lmsgpackc"],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(
+        [str(exe), daemon["output"], "3"], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3 and "3 classifications, 0 rejected" in run.stderr
+    for line in lines:
+        fields = dict(f.split("=") for f in line.split()[1:])
+        assert line.startswith("front ") and fields["label"] in {str(i) for i in range(10)}
+        assert 0 < float(fields["score"]) <= 1 and int(fields["total_ns"]) > 0
+
+
+def test_robot_example_reacts(daemon: dict[str, Any]) -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "robot_app.py"), "--endpoint", daemon["output"]]
+        + ["--count", "3", "--label", "0", "--min-score", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    # the synthetic tone/pattern is not a digit, but the app prints one line per result
+    assert len(res.stdout.splitlines()) == 3
+
+
+def test_crashed_engine_is_restarted_and_sigterm_leaves_no_process(
+    tmp_path: Path, children: Children
+) -> None:
+    path, cfg = write_config(tmp_path)
+    port = cfg["http"]["port"]
+    sup = children.streamfuse("run", "--config", str(path))
+    health = wait_healthy(port)
+    engine_pid = health["children"]["engine"]["pid"]
+    os.kill(engine_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        h = http_json(port, "/healthz")[1]
+        if h["children"]["engine"]["restarts"] == 1 and h["children"]["engine"]["running"]:
+            break
+        time.sleep(0.2)
+    assert h["children"]["engine"]["exit_codes"] == [-signal.SIGKILL]
+    health = wait_healthy(port)  # the new engine heartbeats
+    with Client(cfg["engine"]["output"]) as client:
+        assert client.recv(timeout=15) is not None  # and classifies again
+    pids = [c["pid"] for c in health["children"].values()]
+    assert all(pid_alive(p) for p in pids)
+    t0 = time.monotonic()
+    status, out, err = children.stop(sup, timeout=20)
+    assert status == 0, err
+    assert time.monotonic() - t0 < 10
+    assert not any(pid_alive(p) for p in pids)
+    assert "restarting in 0.2 s" in err
+
+
+def test_killed_supervisor_takes_its_children_along(tmp_path: Path, children: Children) -> None:
+    path, cfg = write_config(tmp_path)
+    sup = children.streamfuse("run", "--config", str(path))
+    pids = [c["pid"] for c in wait_healthy(cfg["http"]["port"])["children"].values()]
+    sup.kill()
+    sup.communicate(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_missing_microphone_degrades_to_camera_only(tmp_path: Path, children: Children) -> None:
+    """A microphone that does not exist: its process fails with a clear error, is retried
+    with backoff (counted), and the engine classifies frames alone, marked degraded."""
+    path, cfg = write_config(
+        tmp_path, mic={"source": "no-such-microphone-xyz"}, engine={"mic_timeout_ms": 800}
+    )
+    sup = children.streamfuse("run", "--config", str(path))
+    port = cfg["http"]["port"]
+    wait_healthy(port)
+    with Client(cfg["engine"]["output"]) as client:
+        results = [client.recv(timeout=15) for _ in range(3)]
+    assert all(r is not None and r.degraded and r.missing == ["audio/mic0"] for r in results)
+    assert all(r is not None and [i.stream for i in r.inputs] == ["video/front"] for r in results)
+    health = http_json(port, "/healthz")[1]
+    assert health["children"]["mic mic0"]["restarts"] >= 1
+    status, _, err = children.stop(sup)
+    assert status == 0
+    assert "no-such-microphone-xyz" in err  # the mic process said what it could not open
+
+
+def test_systemd_ready_watchdog_and_stopping(tmp_path: Path, children: Children) -> None:
+    path, cfg = write_config(tmp_path)
+    addr = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(30)
+    try:
+        sup = children.streamfuse(
+            "run", "--config", str(path), env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "400000"}
+        )
+        got = [sock.recv(4096).decode() for _ in range(3)]
+        assert got[0].startswith("READY=1\nSTATUS=engine up")
+        assert got[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        children.stop(sup)
+        rest = []
+        sock.settimeout(2)
+        try:
+            while True:
+                rest.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert rest[-1] == "STOPPING=1"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("cameras:\n  - name: front\n    fpss: 30\n", "cameras[0].fpss in {file}: unknown setting"),
+        ("engine:\n  max_batch: many\n", "engine.max_batch in {file}: Expected `int`, got `str`"),
+        ("mic: [1, 2\n", "--config: {file} is not valid YAML"),
+        ("- just\n- a list\n", "--config: {file} must hold a mapping"),
+        ("cameras: []\n", "cameras in {file}: list at least one camera"),
+    ],
+)
+def test_config_errors_name_the_field_and_the_file(
+    yaml_text: str, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    res = run_cli("run", "--config", str(path), timeout=30)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"error: {message.format(file=path)}" or res.stderr.startswith(
+        f"error: {message.format(file=path)}"
+    )
+    assert "Traceback" not in res.stderr
