@@ -141,7 +141,7 @@ def test_json_lines_are_complete_classifications(daemon: dict[str, Any]) -> None
     results = [decoder.decode(proc.stdout.readline()) for _ in range(6)]
     for r in results:
         assert r.stream == "front" and r.label in {str(i) for i in range(10)}
-        assert 0 < r.score <= 1 and [t[0] for t in r.topk][0] == r.label
+        assert 0 < r.score <= 1 and next(t[0] for t in r.topk) == r.label
         assert {i.stream for i in r.inputs} == {"video/front", "audio/mic0"}
         audio = next(i for i in r.inputs if i.stream == "audio/mic0")
         frame = next(i for i in r.inputs if i.stream == "video/front")
@@ -225,8 +225,18 @@ def test_c_subscriber_reads_the_protocol(daemon: dict[str, Any], tmp_path: Path)
 
 def test_robot_example_reacts(daemon: dict[str, Any]) -> None:
     res = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "robot_app.py"), "--endpoint", daemon["output"]]
-        + ["--count", "3", "--label", "0", "--min-score", "0.5"],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "robot_app.py"),
+            "--endpoint",
+            daemon["output"],
+            "--count",
+            "3",
+            "--label",
+            "0",
+            "--min-score",
+            "0.5",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -258,7 +268,7 @@ def test_crashed_engine_is_restarted_and_sigterm_leaves_no_process(
     pids = [c["pid"] for c in health["children"].values()]
     assert all(pid_alive(p) for p in pids)
     t0 = time.monotonic()
-    status, out, err = children.stop(sup, timeout=20)
+    status, _out, err = children.stop(sup, timeout=20)
     assert status == 0, err
     assert time.monotonic() - t0 < 10
     assert not any(pid_alive(p) for p in pids)
@@ -298,7 +308,7 @@ def test_missing_microphone_degrades_to_camera_only(tmp_path: Path, children: Ch
 
 
 def test_systemd_ready_watchdog_and_stopping(tmp_path: Path, children: Children) -> None:
-    path, cfg = write_config(tmp_path)
+    path, _cfg = write_config(tmp_path)
     addr = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(addr)
