@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/transport.py --write docs/benchmarks.md
 	$(PY) benchmarks/sync.py --write docs/benchmarks.md
 	$(PY) benchmarks/model.py --write docs/benchmarks.md
+	$(PY) benchmarks/engine.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
