@@ -86,30 +86,6 @@ def summary_rows(sub: Subscriber, views: dict[bytes, TopicView]) -> list[dict[st
     return rows
 
 
-def render_table(sub: Subscriber, views: dict[bytes, TopicView], title: str) -> Any:
-    """A rich Table of :func:`summary_rows` and the rejected counts."""
-    from rich.table import Table
-
-    table = Table(title=title, expand=False)
-    for col in ("topic", "msgs", "rate Hz", "gaps", "age p50 ms", "last"):
-        table.add_column(col, justify="right" if col not in ("topic", "last") else "left")
-    for row in summary_rows(sub, views):
-        age = "-" if row["age_p50_ms"] is None else f"{row['age_p50_ms']:.2f}"
-        table.add_row(
-            row["topic"],
-            str(row["received"]),
-            f"{row['rate_hz']:.1f}",
-            str(row["gaps"]),
-            age,
-            row["last"],
-        )
-    if sub.rejected:
-        table.caption = "rejected: " + ", ".join(
-            f"{k}={v}" for k, v in sorted(sub.rejected.items())
-        )
-    return table
-
-
 def latency_summary(results: list[Classification]) -> dict[str, float]:
     """Median and 99th percentile of total and inference latency, in ms."""
     import numpy as np
