@@ -377,8 +377,12 @@ def devices(as_json: bool) -> None:
 
 def _add_model_commands() -> None:
     from .modelcli import backends, build_engine, evaluate, export, train
+    from .recordcli import record, recover, replay
     from .runcli import engine, run
 
+    main.add_command(record)
+    main.add_command(replay)
+    main.add_command(recover)
     main.add_command(run)
     main.add_command(engine)
     main.add_command(backends)

@@ -59,8 +59,12 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, cfg: RunConfig, backend: Backend | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, backend: Backend | None = None, *, virtual: bool = False
+    ) -> None:
         self.cfg = cfg
+        self.virtual = virtual
+        """Lockstep: time is what the caller passes in; no wall clock is read."""
         self.model = ModelInfo.load(cfg.engine.model)
         if backend is None:
             e = cfg.engine
@@ -102,37 +106,19 @@ class Engine:
         hb_seq = 0
         published_at_hb = 0
         ended = "stopped"
-        self._last_audio_ns = start
+        self.begin(start)
         sources = set(self.cameras) | {self.mic}
         try:
             while not stop.is_set():
                 env = sub.recv(timeout=TICK_S)
                 now = time.monotonic_ns()
-                bundles: list[Bundle] = []
-                if env is None:
-                    bundles = self.sync.poll(now)
-                else:
-                    topic = env.topic.decode()
-                    if isinstance(env.header, Heartbeat):
-                        if env.header.state == "eof":
-                            self._ended.add(topic.removeprefix("heartbeat/"))
-                    else:
-                        if isinstance(env.header, AudioWindow):
-                            self._last_audio_ns = now
-                        elif isinstance(env.header, VideoFrame):
-                            self._latest_frame[topic] = env
-                        self._arrivals[(topic, env.header.seq)] = (now, time.monotonic_ns())
-                        bundles = self.sync.push(env, time.monotonic_ns())
-                samples = [s for b in bundles for s in self._samples(b)]
-                samples += self._camera_only(now)
-                for i in range(0, len(samples), self.backend.max_batch):
-                    self._infer_and_publish(samples[i : i + self.backend.max_batch], pub)
+                samples = self.tick(now) if env is None else self.handle(env, now)
+                for msg in self.classify(samples):
+                    pub.send(RESULT_PREFIX + msg.stream, msg)
                 if until_eof and sources <= self._ended:
                     # every source has ended: flush what the synchronizer still holds
-                    far = time.monotonic_ns() + 10**12
-                    rest = [s for b in self.sync.poll(far) for s in self._samples(b)]
-                    for i in range(0, len(rest), self.backend.max_batch):
-                        self._infer_and_publish(rest[i : i + self.backend.max_batch], pub)
+                    for msg in self.classify(self.flush()):
+                        pub.send(RESULT_PREFIX + msg.stream, msg)
                     ended = "eof"
                     break
                 if now - last_hb >= 1_000_000_000:
@@ -140,8 +126,6 @@ class Engine:
                     rate = (self.stats.published - published_at_hb) / dt
                     pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, rate))
                     hb_seq, last_hb, published_at_hb = hb_seq + 1, now, self.stats.published
-                while len(self._arrivals) > 4096:  # frames no window wanted
-                    self._arrivals.popitem(last=False)
             now = time.monotonic_ns()
             pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, 0.0, state=ended))
         finally:
@@ -150,7 +134,38 @@ class Engine:
             self.backend.close()
         return ended
 
-    # --- bundles -> samples ----------------------------------------------------------
+    # --- one step of the loop (also driven by lockstep replay on a virtual clock) --------
+
+    def begin(self, now: int) -> None:
+        """The clock at start (the microphone counts as heard then)."""
+        self._last_audio_ns = now
+
+    def handle(self, env: Envelope, now: int) -> list[_Sample]:
+        """One received message at ``now``; the samples that became ready."""
+        topic = env.topic.decode()
+        if isinstance(env.header, Heartbeat):
+            if env.header.state == "eof":
+                self._ended.add(topic.removeprefix("heartbeat/"))
+            return self.tick(now)
+        if isinstance(env.header, AudioWindow):
+            self._last_audio_ns = now
+        elif isinstance(env.header, VideoFrame):
+            self._latest_frame[topic] = env
+        pushed = now if self.virtual else time.monotonic_ns()
+        self._arrivals[(topic, env.header.seq)] = (now, pushed)
+        while len(self._arrivals) > 4096:  # frames no window wanted
+            self._arrivals.popitem(last=False)
+        bundles = self.sync.push(env, pushed)
+        return [s for b in bundles for s in self._samples(b)] + self._camera_only(now)
+
+    def tick(self, now: int) -> list[_Sample]:
+        """Nothing arrived: release bundles whose deadline has come."""
+        return [s for b in self.sync.poll(now) for s in self._samples(b)] + self._camera_only(now)
+
+    def flush(self) -> list[_Sample]:
+        """Every source has ended: everything still pending, at its deadline."""
+        far = (self._last_audio_ns if self.virtual else time.monotonic_ns()) + 10**12
+        return [s for b in self.sync.poll(far) for s in self._samples(b)]
 
     def _samples(self, b: Bundle) -> list[_Sample]:
         out = []
@@ -195,10 +210,18 @@ class Engine:
 
     # --- inference ---------------------------------------------------------------------
 
-    def _infer_and_publish(self, samples: list[_Sample], pub: Publisher) -> None:
+    def classify(self, samples: list[_Sample]) -> list[Classification]:
+        """Run the model on ``samples`` (in batches of max_batch) and build the results."""
+        out: list[Classification] = []
+        for i in range(0, len(samples), self.backend.max_batch):
+            out += self._classify_batch(samples[i : i + self.backend.max_batch])
+        return out
+
+    def _classify_batch(self, samples: list[_Sample]) -> list[Classification]:
         if not samples:
-            return
-        t0 = time.monotonic_ns()
+            return []
+        clock = (lambda: 0) if self.virtual else time.monotonic_ns
+        t0 = clock()
         images, audios = [], []
         for s in samples:
             try:
@@ -208,22 +231,23 @@ class Engine:
                 images.append(self.pre.blank_image())
                 s.missing.append(s.camera)
             audios.append(self.pre.audio(s.audio) if s.audio else self.pre.blank_audio())
-        t1 = time.monotonic_ns()
+        t1 = clock()
         try:
             out = self.backend.infer(np.stack(images), np.stack(audios))
         except Exception as exc:
             self._error("inference", f"batch of {len(samples)}: {exc}")
-            return
-        t2 = time.monotonic_ns()
+            return []
+        t2 = clock()
         self.stats.batches += 1
         probs, p_img, p_aud = (out[k] for k in self.model.outputs[:3])
+        results = []
         for i, s in enumerate(samples):
-            order = np.argsort(-probs[i])[:3]
+            order = np.argsort(-probs[i], kind="stable")[:3]
             msg = Classification(
                 stream=s.camera.removeprefix("video/"),
                 seq=self._seq[s.camera],
                 t_capture=s.t_latest,
-                t_wall=time.time_ns(),
+                t_wall=0 if self.virtual else time.time_ns(),
                 media_pos=_media(s.frame) if s.frame else _media(s.audio),
                 label=self._labels[order[0]],
                 score=float(probs[i, order[0]]),
@@ -238,19 +262,20 @@ class Engine:
                 model=self._sha,
                 backend=self._tag,
             )
-            t_pub = time.monotonic_ns()
+            t_pub = clock() if not self.virtual else s.decided
             msg.latency = {
                 "transport": max(0, s.arrived - s.t_latest),
                 "queue": s.pushed - s.arrived,
                 "sync_wait": max(0, s.decided - s.pushed),
                 "preprocess": (t1 - t0) // len(samples),
                 "inference": t2 - t1,
-                "publish": t_pub - t2,
+                "publish": 0 if self.virtual else t_pub - t2,
                 "total": t_pub - s.t_latest,
             }
-            pub.send(RESULT_PREFIX + msg.stream, msg)
             self._seq[s.camera] += 1
             self.stats.published += 1
+            results.append(msg)
+        return results
 
     # --- health -------------------------------------------------------------------------
 

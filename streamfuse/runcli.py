@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from .config import load_config
+from .config import RunConfig, load_config
 from .messages import Classification
 
 log = logging.getLogger("streamfuse")
@@ -39,6 +39,8 @@ def describe(c: Classification) -> str:
 @click.option("--http-port", type=int, default=None, help="Override http.port (0: off).")
 @click.option("--json", "as_json", is_flag=True, help="Classifications as JSON lines on stdout.")
 @click.option("--until-eof", is_flag=True, help="Exit once file sources end and all is classified.")
+@click.option("--replay", default=None, help="An MCAP recording replaces the sensors.")
+@click.option("--record", default=None, help="Record sensors and results to this MCAP file.")
 def run(
     config_path: str | None,
     camera: str | None,
@@ -47,6 +49,8 @@ def run(
     http_port: int | None,
     as_json: bool,
     until_eof: bool,
+    replay: str | None,
+    record: str | None,
 ) -> None:
     """Run the daemon: camera and microphone processes, the engine, health and metrics."""
     from .cli import install_stop_handlers
@@ -55,6 +59,8 @@ def run(
     cfg = load_config(
         config_path, {"camera": camera, "mic": mic, "output": output, "http_port": http_port}
     )
+    if replay:
+        _cameras_from_recording(cfg, replay)
     encoder = msgspec.json.Encoder()
 
     def on_result(c: Classification) -> None:
@@ -65,7 +71,7 @@ def run(
             click.echo(describe(c))
 
     stop = install_stop_handlers()
-    sup = Supervisor(cfg, until_eof=until_eof, on_result=on_result)
+    sup = Supervisor(cfg, until_eof=until_eof, on_result=on_result, replay=replay, record=record)
     click.echo(
         f"streamfuse: {len(cfg.cameras)} camera(s) + mic -> {cfg.engine.output}"
         + (f"; health/metrics on http://{cfg.http.host}:{cfg.http.port}/" if cfg.http.port else ""),
@@ -90,3 +96,18 @@ def engine(config_path: str, until_eof: bool) -> None:
     eng = Engine(cfg)
     ended = eng.run(stop, until_eof=until_eof)
     log.info("engine %s after %d classifications", ended, eng.stats.published)
+
+
+def _cameras_from_recording(cfg: RunConfig, path: str) -> None:
+    """With --replay, the cameras and microphone are the recording's topics."""
+    from .config import CameraConfig, MicConfig
+    from .errors import ConfigError
+    from .record import recording_topics
+
+    topics = recording_topics(path)
+    cams = [t.removeprefix("video/") for t in topics if t.startswith("video/")]
+    mics = [t.removeprefix("audio/") for t in topics if t.startswith("audio/")]
+    if not cams or not mics:
+        raise ConfigError("--replay", f"{path} needs video/ and audio/ topics, has {topics}")
+    cfg.cameras = [CameraConfig(name=c) for c in cams]
+    cfg.mic = MicConfig(name=mics[0], hop_ms=cfg.mic.hop_ms)

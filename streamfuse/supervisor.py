@@ -77,6 +77,7 @@ class Child:
     name: str
     argv: list[str]
     sensor: bool
+    restart: bool = True
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -148,9 +149,13 @@ class Supervisor:
         until_eof: bool = False,
         on_result: Callable[[Classification], None] | None = None,
         epoch_ns: int | None = None,
+        replay: str | None = None,
+        record: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.until_eof = until_eof
+        self.replay = replay
+        self.record = record
         self.on_result = on_result
         self.epoch_ns = epoch_ns if epoch_ns is not None else time.monotonic_ns() + 2_000_000_000
         self.heartbeats: dict[str, Heartbeat] = {}
@@ -175,6 +180,16 @@ class Supervisor:
         if self.until_eof:
             engine.append("--until-eof")
         children = [Child("engine", engine, sensor=False)]
+        if self.record:
+            argv = [*py, "record", "--out", self.record]
+            for ep in (cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())):
+                argv += ["--endpoint", ep]
+            # not restarted: a second recorder would overwrite the first one's file
+            children.append(Child("recorder", argv, sensor=False, restart=False))
+        if self.replay:
+            argv = [*py, "replay", self.replay, "--run-dir", cfg.run_dir]
+            children.append(Child("replay", [*argv, "--wait-for-subscriber", "15"], sensor=True))
+            return children
         for cam in cfg.cameras:
             topic = cfg.camera_topic(cam)
             argv = [*py, "capture", "camera", "--source", cam.source, "--topic", topic]
@@ -280,6 +295,10 @@ class Supervisor:
                 log.info("%s ended (end of its source)", child.name)
                 child.done = True
                 continue
+            if not child.restart:
+                log.error("%s exited with status %d; not restarted", child.name, rc)
+                child.done = True
+                continue
             if self.until_eof:
                 self.failure = f"{child.name} exited with status {rc} during an --until-eof run"
                 log.error("%s", self.failure)
@@ -293,8 +312,11 @@ class Supervisor:
         return True
 
     def _stop_children(self) -> None:
-        # Sensors first (their last heartbeats reach the engine), then the engine.
-        for group in ([c for c in self.children if c.sensor], [self.children[0]]):
+        # Sensors first (their last heartbeats reach the engine), then the engine, then the
+        # recorder (which so gets the last classifications).
+        sensors = [c for c in self.children if c.sensor]
+        rest = [c for c in self.children[1:] if not c.sensor]
+        for group in (sensors, [self.children[0]], rest):
             procs = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
             for p in procs:
                 p.send_signal(signal.SIGTERM)

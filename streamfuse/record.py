@@ -1,0 +1,441 @@
+"""Recording sessions to MCAP, and reading them back (also from a file cut off by kill -9).
+
+Layout of a recording (``docs/recording.md``):
+
+- one channel per topic, message encoding ``streamfuse-zmq-v1``: the ZeroMQ frames after the
+  topic exactly as they crossed the wire (header MessagePack, then the payload, if any),
+  each prefixed by its length as a little-endian u32;
+  ``log_time`` = receive time (CLOCK_REALTIME ns), ``publish_time`` = capture time
+  (``t_capture``, CLOCK_MONOTONIC ns of the capturing box), ``sequence`` = ``seq``;
+- for Foxglove, beside them: ``<video topic>/image`` (``foxglove.CompressedImage``, JPEG, at
+  most ``foxglove_fps``), ``<audio topic>/level`` (RMS and peak per window) and
+  ``<result topic>/json`` (the classification as JSON), all JSON with JSON Schemas;
+- metadata ``streamfuse.clock``: CLOCK_REALTIME - CLOCK_MONOTONIC at the start, so replay
+  can put receive times on the capture clock.
+
+Chunks are written whole as they fill (LZ4 by default), so a recorder killed with -9
+leaves a file readable up to its last complete chunk; :func:`read_recording` reads such a
+file and :func:`recover` rewrites it with a proper summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, cast
+
+import msgspec
+import numpy as np
+import zmq
+from mcap.exceptions import EndOfFile, InvalidMagic, McapError
+from mcap.records import Channel, Message, Metadata
+from mcap.stream_reader import StreamReader
+from mcap.writer import CompressionType, Writer
+
+from . import messages
+from .errors import DecodeError, EndpointError, SourceError
+from .messages import AudioWindow, Classification, VideoFrame
+
+__all__ = [
+    "ENCODING",
+    "RecordSummary",
+    "Recorded",
+    "Recorder",
+    "read_recording",
+    "record",
+    "recover",
+]
+
+log = logging.getLogger(__name__)
+
+ENCODING = "streamfuse-zmq-v1"
+_U32 = struct.Struct("<I")
+
+_IMAGE_SCHEMA = {
+    "title": "foxglove.CompressedImage",
+    "type": "object",
+    "properties": {
+        "timestamp": {
+            "type": "object",
+            "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}},
+        },
+        "frame_id": {"type": "string"},
+        "data": {"type": "string", "contentEncoding": "base64"},
+        "format": {"type": "string"},
+    },
+}
+_LEVEL_SCHEMA = {
+    "title": "streamfuse.AudioLevel",
+    "type": "object",
+    "properties": {
+        "rms": {"type": "number"},
+        "peak": {"type": "number"},
+        "t_capture": {"type": "integer"},
+    },
+}
+_JSON_SCHEMA = {"title": "streamfuse.Classification", "type": "object"}
+
+
+def pack_frames(frames: Iterable[bytes | memoryview]) -> bytes:
+    return b"".join(_U32.pack(len(f)) + bytes(f) for f in frames)
+
+
+def unpack_frames(data: bytes | memoryview) -> list[memoryview]:
+    view, out, at = memoryview(data), [], 0
+    while at < len(view):
+        if at + 4 > len(view):
+            raise ValueError(f"frame length cut off at byte {at}")
+        (n,) = _U32.unpack_from(view, at)
+        if at + 4 + n > len(view):
+            raise ValueError(f"frame of {n} bytes at byte {at} runs past the message end")
+        out.append(view[at + 4 : at + 4 + n])
+        at += 4 + n
+    return out
+
+
+class Recorder:
+    """Writes messages to an MCAP file; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        compression: Literal["lz4", "zstd", "none"] = "lz4",
+        foxglove: bool = True,
+        foxglove_fps: float = 10.0,
+        chunk_size: int = 1 << 20,
+        clock_offset: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._file = _FlushingFile(open(self.path, "wb"))  # noqa: SIM115
+        kind = {"lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
+        self._w = Writer(
+            cast(IO[Any], self._file),  # write/flush/tell/close is all it uses
+            chunk_size=chunk_size,
+            compression=kind.get(compression, CompressionType.NONE),
+        )
+        self._w.start(profile="", library="streamfuse")
+        self._w.add_metadata(
+            "streamfuse.clock",
+            {
+                "realtime_minus_monotonic_ns": str(
+                    clock_offset or time.time_ns() - time.monotonic_ns()
+                )
+            },
+        )
+        self._channels: dict[str, int] = {}
+        self._schemas: dict[str, int] = {}
+        self.foxglove = foxglove
+        self._fox_period = int(1e9 / foxglove_fps) if foxglove_fps > 0 else 0
+        self._fox_last: dict[str, int] = {}
+        self.written: Counter[str] = Counter()
+
+    def _channel(self, topic: str, encoding: str, schema: dict[str, Any] | None) -> int:
+        cid = self._channels.get(topic)
+        if cid is None:
+            sid = 0
+            if schema is not None:
+                title = schema["title"]
+                if title not in self._schemas:
+                    data = json.dumps(schema).encode()
+                    self._schemas[title] = self._w.register_schema(title, "jsonschema", data)
+                sid = self._schemas[title]
+            cid = self._channels[topic] = self._w.register_channel(topic, encoding, sid)
+        return cid
+
+    def write(self, topic: str, frames: list[Any], header: messages.Message, log_time: int) -> None:
+        """Write one validated message (``frames`` after the topic) received at ``log_time``."""
+        cid = self._channel(topic, ENCODING, None)
+        self._w.add_message(cid, log_time, pack_frames(frames), header.t_capture, header.seq)
+        self.written[topic] += 1
+        if self.foxglove:
+            self._foxglove(topic, frames, header, log_time)
+
+    def _foxglove(self, topic: str, frames: list[Any], header: Any, log_time: int) -> None:
+        payload = frames[1] if len(frames) > 1 else None
+        if isinstance(header, VideoFrame) and payload is not None:
+            last = self._fox_last.get(topic)
+            if last is not None and header.t_capture - last < self._fox_period:
+                return
+            self._fox_last[topic] = header.t_capture
+            jpeg = bytes(payload) if header.encoding == "jpeg" else _jpeg(header, payload)
+            if jpeg is None:
+                return
+            sec, nsec = divmod(log_time, 1_000_000_000)
+            doc = {
+                "timestamp": {"sec": sec, "nsec": nsec},
+                "frame_id": header.stream,
+                "data": base64.b64encode(jpeg).decode(),
+                "format": "jpeg",
+            }
+            self._json(f"{topic}/image", _IMAGE_SCHEMA, doc, log_time, header.t_capture)
+        elif isinstance(header, AudioWindow) and payload is not None:
+            env = messages.Envelope(b"", header, memoryview(payload))
+            x = messages.audio_array(env).astype(np.float32)
+            if header.sample_format == "s16le":
+                x = x / 32768.0
+            level: dict[str, Any] = {
+                "rms": float(np.sqrt(np.mean(x * x))),
+                "peak": float(np.abs(x).max()),
+                "t_capture": header.t_capture,
+            }
+            self._json(f"{topic}/level", _LEVEL_SCHEMA, level, log_time, header.t_capture)
+        elif isinstance(header, Classification):
+            doc = json.loads(msgspec.json.encode(header))
+            self._json(f"{topic}/json", _JSON_SCHEMA, doc, log_time, header.t_capture)
+
+    def _json(
+        self, topic: str, schema: dict[str, Any], doc: dict[str, Any], log_time: int, t: int
+    ) -> None:
+        cid = self._channel(topic, "json", schema)
+        self._w.add_message(cid, log_time, json.dumps(doc).encode(), t)
+
+    def close(self) -> None:
+        self._w.finish()
+        self._file.close()
+
+
+class _FlushingFile:
+    """Hands every write to the kernel at once, so a chunk is on its way to disk the moment
+    it is complete (kill -9 safe), and whole: a buffered file retries the partial writes a
+    signal can cause, which a raw one (and the MCAP writer, which ignores the count) would
+    not."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self._f.write(data)
+        self._f.flush()
+        return n
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _jpeg(header: VideoFrame, payload: Any) -> bytes | None:
+    import cv2
+
+    env = messages.Envelope(b"", header, memoryview(payload))
+    img = messages.image_array(env)
+    if header.pixel_format in ("rgb8", "rgba8"):
+        img = img[:, :, 2::-1]
+    elif header.pixel_format == "bgra8":
+        img = img[:, :, :3]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    return bytes(buf) if ok else None
+
+
+@dataclass
+class RecordSummary:
+    path: str
+    seconds: float
+    written: dict[str, int]
+    lost: dict[str, int]
+    """Per topic: messages missing from the sequence (lost before reaching the recorder)."""
+    rejected: dict[str, int]
+    bytes: int
+
+
+def record(
+    endpoints: list[str],
+    topics: list[str],
+    out: str | Path,
+    stop: threading.Event,
+    *,
+    duration: float | None = None,
+    compression: Literal["lz4", "zstd", "none"] = "lz4",
+    foxglove: bool = True,
+) -> RecordSummary:
+    """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``.
+
+    The subscription queue is unbounded (RCVHWM 0): a slow disk makes the recorder's memory
+    grow, never the publisher drop for it; anything lost upstream shows as sequence gaps in
+    the summary, per topic."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    for t in topics or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+    try:
+        for ep in endpoints:
+            sock.connect(ep)
+    except zmq.ZMQError as exc:
+        sock.close()
+        ctx.term()
+        raise EndpointError(ep, "connect to", exc.strerror) from None
+    rec = Recorder(out, compression=compression, foxglove=foxglove)
+    last_seq: dict[str, int] = {}
+    lost: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    start = time.monotonic()
+    final = False
+    try:
+        while True:
+            if stop.is_set() or (duration is not None and time.monotonic() - start >= duration):
+                if final:
+                    break
+                final = True  # one last round: what is already queued goes in too
+            elif not sock.poll(100):
+                continue
+            while True:  # drain what is queued before checking the clock again
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                now = time.time_ns()
+                frames = [p.buffer for p in parts]
+                try:
+                    env = messages.decode([bytes(frames[0]), bytes(frames[1]), *frames[2:]])
+                except (DecodeError, IndexError) as err:
+                    rejected[getattr(err, "reason", "malformed")] += 1
+                    continue
+                topic = env.topic.decode()
+                seq = env.header.seq
+                prev = last_seq.get(topic)
+                if prev is not None and seq > prev + 1:
+                    lost[topic] += seq - prev - 1
+                last_seq[topic] = seq
+                rec.write(topic, frames[1:], env.header, now)
+    finally:
+        rec.close()
+        sock.close()
+        ctx.term()
+    return RecordSummary(
+        path=str(out),
+        seconds=round(time.monotonic() - start, 3),
+        written=dict(rec.written),
+        lost=dict(lost),
+        rejected=dict(rejected),
+        bytes=Path(out).stat().st_size,
+    )
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """One recorded streamfuse message."""
+
+    topic: str
+    log_time: int
+    publish_time: int
+    frames: list[memoryview]
+
+    def envelope(self) -> messages.Envelope:
+        return messages.decode([self.topic.encode(), *self.frames])
+
+
+@dataclass
+class Recording:
+    messages: list[Recorded]
+    clock_offset: int
+    """CLOCK_REALTIME - CLOCK_MONOTONIC of the recording box (0 if unknown)."""
+    truncated_at: int | None = None
+    """Byte offset where an incomplete file stops being readable, if it does."""
+    problem: str | None = None
+
+
+def read_recording(path: str | Path, topics: Iterable[str] | None = None) -> Recording:
+    """Read every streamfuse message of ``path`` in recorded order.
+
+    A file cut off mid-write (kill -9) is read up to its last complete chunk
+    (``truncated_at`` says where it stops). A file that is not MCAP, or is corrupt before any
+    complete data, raises :class:`~streamfuse.errors.SourceError` naming the byte offset."""
+    p = Path(path)
+    prefixes = tuple(topics) if topics else None
+    try:
+        f = open(p, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise SourceError(str(p), f"cannot open: {exc.strerror}") from None
+    out: list[Recorded] = []
+    channels: dict[int, Channel] = {}
+    offset = 0
+    truncated_at: int | None = None
+    problem: str | None = None
+    clock = 0
+    reader = StreamReader(f, validate_crcs=True)
+    try:
+        for rec in reader.records:
+            if isinstance(rec, Channel):
+                channels[rec.id] = rec
+            elif isinstance(rec, Message):
+                ch = channels.get(rec.channel_id)
+                if ch is None or ch.message_encoding != ENCODING:
+                    continue
+                if prefixes and not ch.topic.startswith(prefixes):
+                    continue
+                try:
+                    frames = unpack_frames(rec.data)
+                except ValueError as exc:
+                    raise SourceError(
+                        str(p), f"message on {ch.topic} near byte {offset}: {exc}"
+                    ) from None
+                out.append(Recorded(ch.topic, rec.log_time, rec.publish_time, frames))
+            elif isinstance(rec, Metadata) and rec.name == "streamfuse.clock":
+                clock = int(rec.metadata.get("realtime_minus_monotonic_ns", "0"))
+            offset = getattr(getattr(reader, "_stream", None), "count", offset)
+    except InvalidMagic:
+        f.close()
+        raise SourceError(str(p), "not an MCAP file (bad magic bytes at offset 0)") from None
+    except EndOfFile:
+        truncated_at = offset
+        problem = f"file ends inside a record after byte {offset} (cut off while recording?)"
+    except (McapError, struct.error, ValueError) as exc:
+        truncated_at = offset
+        problem = f"corrupt data after byte {offset}: {exc}"
+    finally:
+        f.close()
+    if problem is not None and not out:
+        raise SourceError(str(p), problem)
+    if problem is not None:
+        log.warning("%s: %s; read %d messages before it", p, problem, len(out))
+    return Recording(out, clock, truncated_at, problem)
+
+
+def recording_topics(path: str | Path) -> list[str]:
+    """The streamfuse topics of a recording, from its summary when it has one."""
+    from mcap.reader import make_reader
+
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+    except Exception:  # no summary (cut off) or unreadable: read_recording explains which
+        summary = None
+    if summary is not None:
+        chans = summary.channels.values()
+        return sorted({c.topic for c in chans if c.message_encoding == ENCODING})
+    return sorted({m.topic for m in read_recording(path).messages})
+
+
+def recover(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Rewrite what is readable of ``src`` (e.g. cut off by kill -9) as a complete ``dst``."""
+    rec = read_recording(src)
+    w = Recorder(dst, foxglove=True, clock_offset=rec.clock_offset or None)
+    for m in rec.messages:
+        env = m.envelope()
+        w.write(m.topic, list(m.frames), env.header, m.log_time)
+    w.close()
+    return {
+        "source": str(src),
+        "recovered": len(rec.messages),
+        "truncated_at": rec.truncated_at,
+        "problem": rec.problem,
+        "out": str(dst),
+    }

@@ -1,0 +1,156 @@
+"""``streamfuse record``, ``replay`` and ``recover``: MCAP sessions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import msgspec
+
+from .errors import ConfigError
+
+
+@click.command()
+@click.option(
+    "--endpoint", "endpoints", multiple=True, required=True, help="Connect here (repeat)."
+)
+@click.option(
+    "--topic", "topics", multiple=True, help="Topic prefix to record (repeat; default all)."
+)
+@click.option("--out", required=True, help="MCAP file to write.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--compression", type=click.Choice(["lz4", "zstd", "none"]), default="lz4", show_default=True
+)
+@click.option("--no-foxglove", is_flag=True, help="Skip the Foxglove image/level/json channels.")
+@click.option("--json", "as_json", is_flag=True)
+def record(
+    endpoints: tuple[str, ...],
+    topics: tuple[str, ...],
+    out: str,
+    duration: float | None,
+    compression: str,
+    no_foxglove: bool,
+    as_json: bool,
+) -> None:
+    """Record every message on the endpoints into MCAP, losslessly; Ctrl-C to stop."""
+    from .cli import install_stop_handlers
+    from .record import record as do_record
+
+    stop = install_stop_handlers()
+    summary = do_record(
+        list(endpoints),
+        list(topics),
+        out,
+        stop,
+        duration=duration,
+        compression=compression,  # type: ignore[arg-type]
+        foxglove=not no_foxglove,
+    )
+    if as_json:
+        click.echo(json.dumps(asdict(summary)))
+        return
+    total = sum(summary.written.values())
+    click.echo(f"{out}: {total} messages, {summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
+    for topic, n in sorted(summary.written.items()):
+        lost = summary.lost.get(topic, 0)
+        click.echo(f"  {topic:<28} {n:>7}" + (f"  LOST {lost}" if lost else ""))
+    if summary.rejected:
+        click.echo(f"  rejected (not recorded): {summary.rejected}")
+
+
+@click.command()
+@click.argument("path")
+@click.option("--endpoint", default=None, help="Publish every topic here.")
+@click.option("--run-dir", default=None, help="Publish each topic where `run` expects its sensor.")
+@click.option("--rate", type=float, default=1.0, show_default=True, help="Speed factor.")
+@click.option("--loop", is_flag=True, help="Start over at the end.")
+@click.option("--start", "start_s", type=float, default=0.0, help="Skip this many seconds.")
+@click.option("--topic", "topics", multiple=True, help="Topic prefixes (default video/ audio/).")
+@click.option("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS")
+@click.option("--lockstep", is_flag=True, help="Run the engine on recorded time; print results.")
+@click.option("--model", default=None, help="--lockstep: ONNX model (default: shipped).")
+@click.option("--json", "as_json", is_flag=True)
+def replay(
+    path: str,
+    endpoint: str | None,
+    run_dir: str | None,
+    rate: float,
+    loop: bool,
+    start_s: float,
+    topics: tuple[str, ...],
+    wait_for_subscriber: float,
+    lockstep: bool,
+    model: str | None,
+    as_json: bool,
+) -> None:
+    """Replay an MCAP recording live (same topics, original timing) or in --lockstep."""
+    from .cli import install_stop_handlers
+    from .config import RunConfig
+    from .record import read_recording
+    from .replay import SENSOR_PREFIXES, replay_live, replay_lockstep
+
+    rec = read_recording(path)
+    if rec.problem:
+        click.echo(f"warning: {path}: {rec.problem}; replaying what precedes it", err=True)
+    if lockstep:
+        from .runcli import describe
+
+        encoder = msgspec.json.Encoder()
+        cfg = RunConfig(run_dir="/nonexistent")
+        cfg.engine.model = model
+
+        def show(c: object) -> None:
+            if as_json:
+                sys.stdout.buffer.write(encoder.encode(c) + b"\n")
+            else:
+                click.echo(describe(c))  # type: ignore[arg-type]
+
+        results = replay_lockstep(rec, cfg, on_result=show)
+        sys.stdout.flush()
+        click.echo(f"{len(results)} classifications (lockstep)", err=True)
+        return
+    if (endpoint is None) == (run_dir is None):
+        raise ConfigError("replay", "give exactly one of --endpoint EP or --run-dir DIR")
+    cfg = RunConfig(run_dir=run_dir or "")
+
+    def endpoint_for(topic: str) -> str:
+        return endpoint if endpoint is not None else cfg.endpoint(topic)
+
+    stop = install_stop_handlers()
+    report = replay_live(
+        rec,
+        endpoint_for,
+        stop,
+        rate=rate,
+        loop=loop,
+        start_s=start_s,
+        topics=topics or SENSOR_PREFIXES,
+        wait_for_subscriber=wait_for_subscriber,
+    )
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        sent = ", ".join(f"{t} {n}" for t, n in sorted(report["sent"].items()))
+        click.echo(f"replayed {path}: {sent}")
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--json", "as_json", is_flag=True)
+def recover(src: str, dst: str, as_json: bool) -> None:
+    """Rewrite what is readable of a damaged recording (e.g. killed -9) as a complete file."""
+    from .record import recover as do_recover
+
+    if Path(src).resolve() == Path(dst).resolve():
+        raise ConfigError("recover", "write to a different file than the one being read")
+    report = do_recover(src, dst)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        where = f" (readable up to byte {report['truncated_at']})" if report["truncated_at"] else ""
+        click.echo(f"recovered {report['recovered']} messages{where} -> {dst}")
