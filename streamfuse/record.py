@@ -13,7 +13,7 @@ Layout of a recording (``docs/recording.md``):
 - metadata ``streamfuse.clock``: CLOCK_REALTIME - CLOCK_MONOTONIC at the start, so replay
   can put receive times on the capture clock.
 
-Chunks are written whole as they fill (LZ4 by default), so a recorder killed with -9
+Chunks (256 KB, LZ4 by default) are written whole as they fill, so a recorder killed with -9
 leaves a file readable up to its last complete chunk; :func:`read_recording` reads such a
 file and :func:`recover` rewrites it with a proper summary.
 """
@@ -111,7 +111,7 @@ class Recorder:
         compression: Literal["lz4", "zstd", "none"] = "lz4",
         foxglove: bool = True,
         foxglove_fps: float = 10.0,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = 256 * 1024,
         clock_offset: int | None = None,
     ) -> None:
         self.path = Path(path)
@@ -364,6 +364,9 @@ def read_recording(path: str | Path, topics: Iterable[str] | None = None) -> Rec
         f = open(p, "rb")  # noqa: SIM115
     except OSError as exc:
         raise SourceError(str(p), f"cannot open: {exc.strerror}") from None
+    if p.stat().st_size == 0:
+        f.close()
+        raise SourceError(str(p), "is empty (0 bytes): not an MCAP recording")
     out: list[Recorded] = []
     channels: dict[int, Channel] = {}
     offset = 0

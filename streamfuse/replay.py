@@ -40,16 +40,15 @@ def data_topics(rec: Recording) -> list[str]:
     return sorted({m.topic for m in rec.messages if m.topic.startswith(SENSOR_PREFIXES)})
 
 
-def config_for(rec: Recording, base: RunConfig | None = None) -> RunConfig:
-    """A run configuration whose cameras and microphone are the recording's topics."""
-    topics = data_topics(rec)
+def config_for(topics: list[str], base: RunConfig | None = None) -> RunConfig:
+    """``base`` (or the defaults) with the cameras and microphone of a recording's topics."""
     cams = [t.removeprefix("video/") for t in topics if t.startswith("video/")]
     mics = [t.removeprefix("audio/") for t in topics if t.startswith("audio/")]
     if not cams or not mics:
         raise ConfigError("replay", f"the recording needs video/ and audio/ topics, has {topics}")
     cfg = base or RunConfig(run_dir="/nonexistent")
     cfg.cameras = [CameraConfig(name=c) for c in cams]
-    cfg.mic = MicConfig(name=mics[0])
+    cfg.mic = MicConfig(name=mics[0], hop_ms=cfg.mic.hop_ms)
     return cfg
 
 
@@ -66,7 +65,7 @@ def replay_lockstep(
     on_result: Callable[[Classification], None] | None = None,
 ) -> list[Classification]:
     """Run the engine over ``rec`` on its recorded clock; return every classification."""
-    cfg = config_for(rec, cfg)
+    cfg = config_for(data_topics(rec), cfg)
     model_path = cfg.engine.model
     from .backend import ModelInfo
 

@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from .config import RunConfig, load_config
+from .config import load_config
 from .messages import Classification
 
 log = logging.getLogger("streamfuse")
@@ -60,7 +60,10 @@ def run(
         config_path, {"camera": camera, "mic": mic, "output": output, "http_port": http_port}
     )
     if replay:
-        _cameras_from_recording(cfg, replay)
+        from .record import recording_topics
+        from .replay import config_for
+
+        cfg = config_for(recording_topics(replay), cfg)
     encoder = msgspec.json.Encoder()
 
     def on_result(c: Classification) -> None:
@@ -96,18 +99,3 @@ def engine(config_path: str, until_eof: bool) -> None:
     eng = Engine(cfg)
     ended = eng.run(stop, until_eof=until_eof)
     log.info("engine %s after %d classifications", ended, eng.stats.published)
-
-
-def _cameras_from_recording(cfg: RunConfig, path: str) -> None:
-    """With --replay, the cameras and microphone are the recording's topics."""
-    from .config import CameraConfig, MicConfig
-    from .errors import ConfigError
-    from .record import recording_topics
-
-    topics = recording_topics(path)
-    cams = [t.removeprefix("video/") for t in topics if t.startswith("video/")]
-    mics = [t.removeprefix("audio/") for t in topics if t.startswith("audio/")]
-    if not cams or not mics:
-        raise ConfigError("--replay", f"{path} needs video/ and audio/ topics, has {topics}")
-    cfg.cameras = [CameraConfig(name=c) for c in cams]
-    cfg.mic = MicConfig(name=mics[0], hop_ms=cfg.mic.hop_ms)

@@ -1,0 +1,210 @@
+"""MCAP recording and replay with real files, processes and sockets.
+
+`tests/data/session.mcap` was recorded by the project itself (tests/data/make_session.py):
+four spoken-and-shown digits through `streamfuse run --record`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from mcap.reader import make_reader
+
+from streamfuse.errors import SourceError
+from streamfuse.record import pack_frames, read_recording, unpack_frames
+from streamfuse.testing import assert_matches_golden, run_recording
+
+from ..conftest import Children
+from .helpers import free_port, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(180)]
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SESSION = DATA / "session.mcap"
+GOLDEN = DATA / "session.golden.json"
+DIGITS = json.loads((DATA / "session.truth.json").read_text())["digits"]
+
+
+def test_the_recorded_session_replays_to_its_golden_classifications() -> None:
+    """What a user's CI does with streamfuse.testing: a few lines."""
+    results = run_recording(SESSION)
+    assert_matches_golden(results, GOLDEN)
+    # and the golden itself is right about the digits shown and spoken each whole second
+    whole = [r for r in results if r.media_pos is not None and r.media_pos % 1_000_000_000]
+    assert [r.label for r in whole] == [str(d) for d in DIGITS]
+
+
+def test_lockstep_replay_is_identical_byte_for_byte() -> None:
+    runs = [run_cli("replay", str(SESSION), "--lockstep", "--json", timeout=120) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.splitlines()) == 7
+
+
+def test_live_replay_through_the_daemon_gives_the_golden_labels(tmp_path: Path) -> None:
+    res = run_cli(
+        "run", "--replay", str(SESSION), "--json", "--until-eof",
+        "--output", f"ipc://{tmp_path}/result", "--http-port", "0",
+        timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    live = [json.loads(line) for line in res.stdout.splitlines()]
+    golden = json.loads(GOLDEN.read_text())
+    assert [(r["media_pos"], r["label"]) for r in live] == [
+        (g["media_pos"], g["label"]) for g in golden
+    ]
+    assert not any(r["degraded"] for r in live)
+
+
+def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> None:
+    """2 cameras 640x480 raw at 30 fps + microphone + the results, recorded for 6 s: every
+    sequence number of every topic is in the file."""
+    cfg = {
+        "cameras": [
+            {"name": "left", "source": "synthetic", "fps": 30, "width": 640, "height": 480},
+            {"name": "right", "source": "synthetic", "fps": 30, "width": 640, "height": 480},
+        ],
+        "engine": {"output": f"ipc://{tmp_path}/result"},
+        "http": {"port": free_port()},
+        "run_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "load.mcap"
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "streamfuse", "run", "--config", str(tmp_path / "c.yaml")]
+        + ["--record", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(9)
+    sup.send_signal(signal.SIGTERM)
+    _, err = sup.communicate(timeout=30)
+    assert sup.returncode == 0, err
+    rec = read_recording(out)
+    assert rec.problem is None
+    seqs: dict[str, list[int]] = {}
+    for m in rec.messages:
+        seqs.setdefault(m.topic, []).append(m.envelope().header.seq)
+    assert {"video/left", "video/right", "audio/mic0", "result/left", "result/right"} <= set(seqs)
+    assert len(seqs["video/left"]) > 150 and len(seqs["result/left"]) >= 8
+    for topic, s in seqs.items():
+        assert s == list(range(s[0], s[0] + len(s))), f"{topic} has gaps"
+
+
+def test_kill_9_while_recording_leaves_a_readable_file_and_recover_completes_it(
+    tmp_path: Path, children: Children
+) -> None:
+    ep = f"ipc://{tmp_path}/cam"
+    cam = children.streamfuse(
+        "capture", "camera", "--source", "synthetic", "--topic", "video/front",
+        "--endpoint", ep, "--fps", "30",
+    )  # fmt: skip
+    out = tmp_path / "cut.mcap"
+    rec = children.streamfuse("record", "--endpoint", ep, "--out", str(out))
+    time.sleep(4)
+    os.kill(rec.pid, signal.SIGKILL)
+    rec.communicate(timeout=10)
+    children.stop(cam)
+    with open(out, "rb") as f, pytest.raises(Exception):  # noqa: B017 - the library gives up
+        make_reader(f).get_summary()  # no footer: cut off mid-file
+    partial = read_recording(out)
+    assert partial.problem is not None and partial.truncated_at
+    n = len(partial.messages)
+    assert n > 30  # complete chunks (one per 900 KB frame) are all there
+    seqs = [m.envelope().header.seq for m in partial.messages if m.topic == "video/front"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    fixed = tmp_path / "fixed.mcap"
+    res = run_cli("recover", str(out), str(fixed), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["recovered"] == n
+    with open(fixed, "rb") as f:  # now a complete file the official reader indexes
+        summary = make_reader(f).get_summary()
+    assert summary is not None and summary.statistics is not None
+    assert sum(summary.statistics.channel_message_counts.values()) >= n
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        (lambda d: b"", "is empty"),
+        (lambda d: b"PK\x03\x04 this is a zip file" * 10, "bad magic bytes at offset 0"),
+        (lambda d: d[:200], "file ends inside a record after byte"),
+        (lambda d: _flip(d, 100), "after byte"),
+    ],
+    ids=["empty", "not-mcap", "cut-in-first-chunk", "flipped-byte-in-first-chunk"],
+)
+def test_a_damaged_file_is_a_clear_error_naming_the_offset(
+    damage: object, expect: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(damage(SESSION.read_bytes()))  # type: ignore[operator]
+    with pytest.raises(SourceError, match=expect) as info:
+        read_recording(bad)
+    assert str(bad) in str(info.value)
+    res = run_cli("replay", str(bad), "--lockstep")
+    assert (
+        res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    )
+
+
+def test_damage_late_in_the_file_keeps_what_comes_before(tmp_path: Path) -> None:
+    data = SESSION.read_bytes()
+    bad = tmp_path / "late.mcap"
+    bad.write_bytes(data[: int(len(data) * 0.7)])
+    rec = read_recording(bad)
+    full = read_recording(SESSION)
+    assert 0 < len(rec.messages) < len(full.messages)
+    assert rec.problem and str(rec.truncated_at) in rec.problem
+    assert [m.log_time for m in rec.messages] == [m.log_time for m in full.messages][
+        : len(rec.messages)
+    ]
+
+
+def test_foxglove_channels_decode_with_the_official_reader() -> None:
+    with open(SESSION, "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        assert summary is not None
+        chans = {c.topic: c for c in summary.channels.values()}
+        schemas = summary.schemas
+        assert schemas[chans["video/front/image"].schema_id].name == "foxglove.CompressedImage"
+        assert chans["video/front"].message_encoding == "streamfuse-zmq-v1"
+        seen: dict[str, dict[str, object]] = {}
+        for _, channel, message in reader.iter_messages(
+            topics=["video/front/image", "audio/mic0/level", "result/front/json"]
+        ):
+            seen.setdefault(channel.topic, json.loads(message.data))
+    image = seen["video/front/image"]
+    assert image["format"] == "jpeg" and base64.b64decode(image["data"])[:2] == b"\xff\xd8"  # type: ignore[arg-type]
+    assert 0 < seen["audio/mic0/level"]["rms"] <= 1  # type: ignore[operator]
+    assert seen["result/front/json"]["kind"] == "classification"
+
+
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_frame_packing_round_trips(frames: list[bytes]) -> None:
+    assert [bytes(f) for f in unpack_frames(pack_frames(frames))] == frames
+
+
+@given(st.binary(max_size=64))
+def test_unpacking_garbage_raises_a_value_error_or_reads_frames(data: bytes) -> None:
+    try:
+        frames = unpack_frames(data)
+    except ValueError as exc:
+        assert "byte" in str(exc)
+    else:
+        assert pack_frames(frames) == data
