@@ -45,8 +45,17 @@ def main() -> None:
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
         out = HERE / "session.mcap"
         subprocess.run(
-            [sys.executable, "-m", "streamfuse", "run", "--config", f"{tmp}/c.yaml"]
-            + ["--record", str(out), "--until-eof"],
+            [
+                sys.executable,
+                "-m",
+                "streamfuse",
+                "run",
+                "--config",
+                f"{tmp}/c.yaml",
+                "--record",
+                str(out),
+                "--until-eof",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )

@@ -81,8 +81,16 @@ def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> N
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "load.mcap"
     sup = subprocess.Popen(
-        [sys.executable, "-m", "streamfuse", "run", "--config", str(tmp_path / "c.yaml")]
-        + ["--record", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "streamfuse",
+            "run",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--record",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
