@@ -4,7 +4,9 @@ Layout of a recording (``docs/recording.md``):
 
 - one channel per topic, message encoding ``streamfuse-zmq-v1``: the ZeroMQ frames after the
   topic exactly as they crossed the wire (header MessagePack, then the payload, if any),
-  each prefixed by its length as a little-endian u32;
+  each prefixed by its length as a little-endian u32; its schema
+  (``streamfuse.v1.VideoFrame`` ..., encoding ``streamfuse-header-jsonschema``) is the JSON
+  Schema of the header;
   ``log_time`` = receive time (CLOCK_REALTIME ns), ``publish_time`` = capture time
   (``t_capture``, CLOCK_MONOTONIC ns of the capturing box), ``sequence`` = ``seq``;
 - for Foxglove, beside them: ``<video topic>/image`` (``foxglove.CompressedImage``, JPEG, at
@@ -57,6 +59,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENCODING = "streamfuse-zmq-v1"
+#: the schema of a wire channel: the JSON Schema of its MessagePack header
+SCHEMA_ENCODING = "streamfuse-header-jsonschema"
 _U32 = struct.Struct("<I")
 
 _IMAGE_SCHEMA = {
@@ -153,11 +157,23 @@ class Recorder:
 
     def write(self, topic: str, frames: list[Any], header: messages.Message, log_time: int) -> None:
         """Write one validated message (``frames`` after the topic) received at ``log_time``."""
-        cid = self._channel(topic, ENCODING, None)
+        cid = self._channels.get(topic)
+        if cid is None:
+            cid = self._raw_channel(topic, type(header))
         self._w.add_message(cid, log_time, pack_frames(frames), header.t_capture, header.seq)
         self.written[topic] += 1
         if self.foxglove:
             self._foxglove(topic, frames, header, log_time)
+
+    def _raw_channel(self, topic: str, kind: type[messages.Message]) -> int:
+        """A wire channel, its schema the header's JSON Schema (the payload follows it)."""
+        name = f"streamfuse.v{messages.PROTOCOL_VERSION}.{kind.__name__}"
+        if name not in self._schemas:
+            data = msgspec.json.encode(msgspec.json.schema(kind))
+            self._schemas[name] = self._w.register_schema(name, SCHEMA_ENCODING, data)
+        cid = self._w.register_channel(topic, ENCODING, self._schemas[name])
+        self._channels[topic] = cid
+        return cid
 
     def _foxglove(self, topic: str, frames: list[Any], header: Any, log_time: int) -> None:
         payload = frames[1] if len(frames) > 1 else None

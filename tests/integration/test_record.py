@@ -192,6 +192,10 @@ def test_foxglove_channels_decode_with_the_official_reader() -> None:
         schemas = summary.schemas
         assert schemas[chans["video/front/image"].schema_id].name == "foxglove.CompressedImage"
         assert chans["video/front"].message_encoding == "streamfuse-zmq-v1"
+        wire = schemas[chans["video/front"].schema_id]
+        assert wire.name == "streamfuse.v1.VideoFrame"
+        assert wire.encoding == "streamfuse-header-jsonschema"
+        assert "pixel_format" in json.loads(wire.data)["$defs"]["VideoFrame"]["properties"]
         seen: dict[str, dict[str, object]] = {}
         for _, channel, message in reader.iter_messages(
             topics=["video/front/image", "audio/mic0/level", "result/front/json"]
