@@ -311,6 +311,24 @@ def test_missing_microphone_degrades_to_camera_only(tmp_path: Path, children: Ch
     assert "no-such-microphone-xyz" in err  # the mic process said what it could not open
 
 
+def test_missing_camera_degrades_to_audio_only(tmp_path: Path, children: Children) -> None:
+    """A camera file that does not exist: the camera process fails with an error naming it,
+    is retried (counted), and every window is still classified from audio, degraded."""
+    missing = str(tmp_path / "no-such-camera.mp4")
+    path, cfg = write_config(tmp_path, cameras=[{"name": "front", "source": missing}])
+    sup = children.streamfuse("run", "--config", str(path))
+    port = cfg["http"]["port"]
+    wait_healthy(port)
+    with Client(cfg["engine"]["output"]) as client:
+        results = [client.recv(timeout=15) for _ in range(3)]
+    assert all(r is not None and r.degraded and r.missing == ["video/front"] for r in results)
+    assert all(r is not None and [i.stream for i in r.inputs] == ["audio/mic0"] for r in results)
+    assert http_json(port, "/healthz")[1]["children"]["camera front"]["restarts"] >= 1
+    status, _, err = children.stop(sup)
+    assert status == 0
+    assert "no-such-camera.mp4" in err
+
+
 def test_systemd_ready_watchdog_and_stopping(tmp_path: Path, children: Children) -> None:
     path, _cfg = write_config(tmp_path)
     addr = str(tmp_path / "notify.sock")
