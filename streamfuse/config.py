@@ -95,6 +95,8 @@ class RunConfig(_Section):
     """Where the sensors' ipc:// endpoints live (default: a fresh folder under /tmp)."""
     restart_backoff_s: tuple[float, float] = (0.5, 10.0)
     """A crashed child restarts after the first delay, doubling up to the second."""
+    hang_timeout_s: float = 10.0
+    """A running child silent this long (no heartbeat) is killed and restarted; 0: never."""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.cameras]
@@ -105,6 +107,8 @@ class RunConfig(_Section):
         for i, cam in enumerate(self.cameras):
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", cam.name):
                 raise ConfigError(f"cameras[{i}].name", f"{cam.name!r}: use letters, digits, _ . -")
+        if self.hang_timeout_s < 0:
+            raise ConfigError("hang_timeout_s", f"must be >= 0, got {self.hang_timeout_s}")
         if not 1 <= self.engine.max_batch <= 256:
             raise ConfigError("engine.max_batch", f"must be 1..256, got {self.engine.max_batch}")
 

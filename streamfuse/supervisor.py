@@ -78,6 +78,9 @@ class Child:
     argv: list[str]
     sensor: bool
     restart: bool = True
+    heartbeat: str | None = None
+    """The stream its heartbeats name (``result/`` for the engine, its topic for a sensor)."""
+    hangs: int = 0
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -179,7 +182,7 @@ class Supervisor:
         engine = [*py, "engine", "--config", str(self.config_file)]
         if self.until_eof:
             engine.append("--until-eof")
-        children = [Child("engine", engine, sensor=False)]
+        children = [Child("engine", engine, sensor=False, heartbeat=RESULT_PREFIX)]
         if self.record:
             argv = [*py, "record", "--out", self.record]
             for ep in (cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())):
@@ -198,12 +201,12 @@ class Supervisor:
             for flag, value in {**sizes, "--jpeg": cam.jpeg}.items():
                 if value is not None:
                     argv += [flag, str(value)]
-            children.append(Child(f"camera {cam.name}", argv, sensor=True))
+            children.append(Child(f"camera {cam.name}", argv, sensor=True, heartbeat=topic))
         mic = cfg.mic
         argv = [*py, "capture", "mic", "--source", mic.source, "--topic", cfg.mic_topic]
         argv += ["--endpoint", cfg.endpoint(cfg.mic_topic), *common, "--rate", str(mic.rate)]
         argv += ["--window-ms", str(mic.window_ms), "--hop-ms", str(mic.hop_ms)]
-        children.append(Child(f"mic {mic.name}", argv, sensor=True))
+        children.append(Child(f"mic {mic.name}", argv, sensor=True, heartbeat=cfg.mic_topic))
         return children
 
     def _start(self, child: Child) -> None:
@@ -288,6 +291,15 @@ class Supervisor:
             if rc is None:
                 if child.backoff and now - child.started_at > STABLE_S:
                     child.backoff = 0.0
+                if self._hung(child, now):
+                    child.hangs += 1
+                    log.warning(
+                        "%s (pid %d) sent no heartbeat for %.1f s: killing it",
+                        child.name,
+                        child.proc.pid,
+                        self.cfg.hang_timeout_s,
+                    )
+                    child.proc.kill()  # reaped on the next round, then restarted as a crash
                 continue
             child.exit_codes.append(rc)
             child.proc = None
@@ -329,6 +341,17 @@ class Supervisor:
                     p.kill()
                     p.wait()
 
+    def _hung(self, child: Child, now: float) -> bool:
+        """Running, past its start-up, and its heartbeats have stopped."""
+        limit = self.cfg.hang_timeout_s
+        if not limit or child.heartbeat is None:
+            return False
+        seen = self.hb_seen_at.get(child.heartbeat, 0.0)
+        last = max(seen, child.started_at)  # a fresh child gets the whole timeout to start
+        # Before its first heartbeat a child may be loading a model or waiting for a reader.
+        grace = 30.0 if seen < child.started_at else 0.0
+        return now - last > limit + grace
+
     # --- health ---------------------------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -345,6 +368,7 @@ class Supervisor:
                     "running": c.proc is not None and c.proc.poll() is None,
                     "done": c.done,
                     "restarts": c.restarts,
+                    "hangs": c.hangs,
                     "exit_codes": c.exit_codes[-5:],
                 }
                 for c in self.children

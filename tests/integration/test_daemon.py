@@ -279,6 +279,31 @@ def test_crashed_engine_is_restarted_and_sigterm_leaves_no_process(
     assert "restarting in 0.2 s" in err
 
 
+def test_a_hung_engine_is_killed_and_restarted(tmp_path: Path, children: Children) -> None:
+    path, cfg = write_config(tmp_path, hang_timeout_s=1.5)
+    port = cfg["http"]["port"]
+    sup = children.streamfuse("run", "--config", str(path))
+    pid = wait_healthy(port)["children"]["engine"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, but silent: a hang
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            engine = http_json(port, "/healthz")[1]["children"]["engine"]
+            if engine["hangs"] == 1 and engine["running"] and engine["pid"] != pid:
+                break
+            time.sleep(0.2)
+        assert engine["hangs"] == 1 and engine["restarts"] == 1, engine
+        assert not pid_alive(pid)
+        wait_healthy(port)
+        with Client(cfg["engine"]["output"]) as client:
+            assert client.recv(timeout=15) is not None
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    status, _, err = children.stop(sup)
+    assert status == 0 and "sent no heartbeat for 1.5 s: killing it" in err
+
+
 def test_killed_supervisor_takes_its_children_along(tmp_path: Path, children: Children) -> None:
     path, cfg = write_config(tmp_path)
     sup = children.streamfuse("run", "--config", str(path))
