@@ -2,7 +2,9 @@
 
 - Children are ``python -m streamfuse capture ...`` / ``engine ...`` processes. A child
   that crashes is restarted after a backoff that doubles (0.5 s -> 10 s by default) and
-  resets once it has run for 30 s; one that ends normally (a file at its end) is not.
+  resets once it has run for 30 s; one that ends normally (a file at its end) is not. A child
+  whose heartbeats stop for ``hang_timeout_s`` (hung, not crashed) is killed and restarted
+  the same way.
 - SIGTERM/SIGINT stop the sensors first, then the engine; a child that has not exited after
   5 s is killed. Children get PR_SET_PDEATHSIG, so even a killed supervisor leaves none.
 - File sources of one session share a start epoch, so a video and a wav of the same
