@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from .config import load_config
+from .config import RunConfig, load_config
 from .messages import Classification
 
 log = logging.getLogger("streamfuse")
@@ -64,6 +64,7 @@ def run(
         from .replay import config_for
 
         cfg = config_for(recording_topics(replay), cfg)
+    _preflight(cfg)
     encoder = msgspec.json.Encoder()
 
     def on_result(c: Classification) -> None:
@@ -99,3 +100,18 @@ def engine(config_path: str, until_eof: bool) -> None:
     eng = Engine(cfg)
     ended = eng.run(stop, until_eof=until_eof)
     log.info("engine %s after %d classifications", ended, eng.stats.published)
+
+
+def _preflight(cfg: RunConfig) -> None:
+    """Fail now, with one clear line, on what would make the engine crash at every restart."""
+    from importlib.metadata import entry_points
+
+    from .backend import ModelInfo
+    from .errors import ConfigError
+
+    ModelInfo.load(cfg.engine.model)
+    names = {ep.name for ep in entry_points(group="streamfuse.backends")}
+    if cfg.engine.backend != "auto" and cfg.engine.backend not in names:
+        raise ConfigError(
+            "engine.backend", f"unknown backend {cfg.engine.backend!r}; installed: {sorted(names)}"
+        )

@@ -395,6 +395,8 @@ def test_systemd_ready_watchdog_and_stopping(tmp_path: Path, children: Children)
         ("mic: [1, 2\n", "--config: {file} is not valid YAML"),
         ("- just\n- a list\n", "--config: {file} must hold a mapping"),
         ("cameras: []\n", "cameras in {file}: list at least one camera"),
+        ("engine:\n  model: /nonexistent/m.onnx\n", "model: /nonexistent/m.onnx does not exist"),
+        ("engine:\n  backend: tpu\n", "engine.backend: unknown backend 'tpu'"),
     ],
 )
 def test_config_errors_name_the_field_and_the_file(
