@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-Fusion = Literal["early", "late", "gated"]
+Fusion = Literal["early", "late", "gated", "gated-late"]
 
 
 @dataclass
@@ -154,8 +154,12 @@ class FusionNet(nn.Module):
         elif cfg.fusion == "gated":
             self.gate = nn.Linear(2 * cfg.embed, 2)
             self.fused_head = nn.Linear(cfg.embed, cfg.n_classes)
+        elif cfg.fusion == "gated-late":
+            self.gate = nn.Linear(2 * cfg.embed, 2)
         elif cfg.fusion != "late":
-            raise ValueError(f"unknown fusion {cfg.fusion!r}; choose early, late or gated")
+            raise ValueError(
+                f"unknown fusion {cfg.fusion!r}; choose early, late, gated or gated-late"
+            )
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, ...]:
         fi = self.image_encoder(image)  # (B, E)
@@ -165,9 +169,12 @@ class FusionNet(nn.Module):
             fused = self.fused_head(torch.cat([fi, fa], dim=1))
         elif self.cfg.fusion == "late":
             fused = (F.log_softmax(li, dim=1) + F.log_softmax(la, dim=1)) / 2
-        else:
+        elif self.cfg.fusion == "gated":
             w = torch.softmax(self.gate(torch.cat([fi, fa], dim=1)), dim=1)  # (B, 2)
             fused = self.fused_head(w[:, :1] * fi + w[:, 1:] * fa)
+        else:  # gated-late: per-sample weights on each modality's log-probabilities
+            w = torch.softmax(self.gate(torch.cat([fi, fa], dim=1)), dim=1)  # (B, 2)
+            fused = w[:, :1] * F.log_softmax(li, dim=1) + w[:, 1:] * F.log_softmax(la, dim=1)
         return fused, li, la
 
 

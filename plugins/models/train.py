@@ -36,6 +36,10 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     aux_weight: float = 0.5  # weight of each modality head's own loss beside the fused one
+    strategy: Literal["joint", "experts"] = "joint"
+    """joint: everything trained together. experts: an image-only and an audio-only model
+    first (each gets all the training), then only the fusion on their frozen encoders."""
+    fusion_epochs: int = 8  # experts: epochs of the fusion stage
     seed: int = 0
     test_speakers: tuple[str, ...] = ()  # FSDD speakers held out of training
     limit: int | None = None  # use only this many training clips (smoke tests)
@@ -140,6 +144,9 @@ def train_model(
 ) -> FusionNet:
     """Train the fusion network; with ``only``, a single-modality baseline (that modality's
     encoder and head alone, the other never computed)."""
+    if only is None and cfg.strategy == "experts":
+        image_net, audio_net = train_experts(cfg, split, progress)
+        return fuse_experts(cfg, split, image_net, audio_net, progress)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -164,6 +171,64 @@ def train_model(
                 if only
                 else _fusion_loss(net, cfg, img, pcm, y, g)
             )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress:
+                progress(step, steps, float(loss.detach()))
+    net.eval()
+    return net
+
+
+def train_experts(
+    cfg: TrainConfig, split: Split, progress: Callable[[int, int, float], None] | None = None
+) -> tuple[FusionNet, FusionNet]:
+    """An image-only and an audio-only model (also the baselines of leave-one-speaker-out)."""
+    image_net = train_model(cfg, split, progress, only="image")
+    audio_net = train_model(cfg, split, progress, only="audio")
+    return image_net, audio_net
+
+
+def fuse_experts(
+    cfg: TrainConfig,
+    split: Split,
+    image_net: FusionNet,
+    audio_net: FusionNet,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> FusionNet:
+    """A fusion network whose encoders and heads are the experts', frozen; only the fusion
+    (gate, fused head) trains, with modality dropout, for ``fusion_epochs``."""
+    torch.manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 1)
+    net = FusionNet(cfg.model)
+    for name in ("image_encoder", "image_head"):
+        getattr(net, name).load_state_dict(getattr(image_net, name).state_dict())
+    for name in ("audio_encoder", "audio_head"):
+        getattr(net, name).load_state_dict(getattr(audio_net, name).state_dict())
+    frozen = [net.image_encoder, net.image_head, net.audio_encoder, net.audio_head]
+    for module in frozen:
+        module.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:  # "late": an average of the experts, nothing to learn
+        net.eval()
+        return net
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.fusion_epochs) * -(-len(split.train_audio) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    step = 0
+    net.train()
+    for module in frozen:
+        module.eval()  # frozen batch-norm statistics too
+    for _epoch in range(max(1, cfg.fusion_epochs)):
+        for img, pcm, y in batches(
+            split.train_audio, split.train_images, cfg.model, cfg.batch_size, rng, train=True
+        ):
+            img = D.augment_images(img, g)
+            pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
+            loss = _fusion_loss(net, replace(cfg, aux_weight=0.0), img, pcm, y, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -323,11 +388,22 @@ def leave_one_speaker_out(
                 return None
             return lambda s, n, loss: progress(label, s, n, loss)
 
-        net = train_model(fold, split, cb(spk))
+        experts = None
+        if fold.strategy == "experts":  # the baselines are the experts themselves
+            experts = dict(
+                zip(("image", "audio"), train_experts(fold, split, cb(spk)), strict=True)
+            )
+            net = fuse_experts(fold, split, experts["image"], experts["audio"], cb(spk))
+        else:
+            net = train_model(fold, split, cb(spk))
         results[spk] = evaluate(net, test, split.test_images)
         if baselines:
             for only in ("image", "audio"):
-                base = train_model(fold, split, cb(f"{spk} {only}-only"), only=only)
+                base = (
+                    experts[only]
+                    if experts is not None
+                    else train_model(fold, split, cb(f"{spk} {only}-only"), only=only)
+                )
                 m = evaluate(base, test, split.test_images)
                 results[spk][f"{only}-only model"] = {
                     "clean": m["clean"][only],

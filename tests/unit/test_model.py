@@ -49,7 +49,7 @@ def test_conv_dft_logmel_matches_a_numpy_stft() -> None:
     assert np.abs(got - ref).max() < 1e-2
 
 
-@pytest.mark.parametrize("fusion", ["early", "late", "gated"])
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late"])
 def test_every_fusion_gives_fused_and_per_modality_outputs(fusion: str) -> None:
     net = FusionNet(FusionConfig(fusion=fusion, width=8)).eval()  # type: ignore[arg-type]
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_every_fusion_gives_fused_and_per_modality_outputs(fusion: str) -> None:
         FusionNet(FusionConfig(fusion="telepathic"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fusion", ["early", "late", "gated"])
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late"])
 def test_onnx_export_matches_torch_runs_any_batch_and_uses_only_tensorrt_ops(
     tmp_path: Path, fusion: str
 ) -> None:
@@ -135,3 +135,34 @@ def test_corrupt_checkpoints_and_models_are_clear_errors(tmp_path: Path, content
     o.write_bytes(content)
     with pytest.raises(ConfigError, match=r"not a readable ONNX model|lacks streamfuse metadata"):
         read_contract(o)
+
+
+def test_expert_strategy_freezes_the_experts_and_trains_only_the_gate() -> None:
+    from streamfuse_plugins.models.train import Split, fuse_experts, train_experts
+
+    rng = np.random.default_rng(0)
+    clips = [
+        D.Clip(d, "spk", t, (rng.standard_normal(8000) * 0.1).astype(np.float32))
+        for d in range(10)
+        for t in range(2)
+    ]
+    images = (rng.integers(0, 255, (40, 28, 28)).astype(np.uint8), np.repeat(np.arange(10), 4))
+    split = Split(clips, {}, images, images)
+    cfg = TrainConfig.from_dict(
+        {"epochs": 1, "fusion_epochs": 1, "batch_size": 8, "strategy": "experts",
+         "model": {"fusion": "gated-late", "width": 8}}
+    )  # fmt: skip
+    image_net, audio_net = train_experts(cfg, split)
+    fused = fuse_experts(cfg, split, image_net, audio_net)
+    same = [
+        (fused.image_encoder, image_net.image_encoder),
+        (fused.image_head, image_net.image_head),
+        (fused.audio_encoder, audio_net.audio_encoder),
+        (fused.audio_head, audio_net.audio_head),
+    ]
+    for mine, theirs in same:  # bit-identical, batch-norm statistics included
+        for (k, a), b in zip(mine.state_dict().items(), theirs.state_dict().values(), strict=True):
+            assert torch.equal(a, b), k
+    torch.manual_seed(cfg.seed + 1)  # fuse_experts's own seed: the gate it started from
+    untrained = FusionNet(cfg.model).gate.weight
+    assert not torch.equal(fused.gate.weight, untrained)  # ... and trained
