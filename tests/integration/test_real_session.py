@@ -66,6 +66,7 @@ def test_real_session_is_classified(session: tuple[Path, Path, list[int]], tmp_p
     assert res.returncode == 0, res.stderr[-2000:]
     results = [json.loads(line) for line in res.stdout.splitlines()]
     report = score(results, digits)
+    print(f"real session: {report}")  # shown with pytest -s
     assert report["graded"] == N_DIGITS, report
     assert report["accuracy"] >= 0.9, report
     # every window of the file was classified once, in order, none degraded
