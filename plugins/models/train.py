@@ -153,24 +153,47 @@ def train_model(
     g = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = FusionNet(cfg.model)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * -(-len(split.train_audio) // cfg.batch_size)
+
+    def loss_fn(img: torch.Tensor, pcm: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if only:
+            return _single_loss(net, only, img, pcm, y)
+        return _fusion_loss(net, cfg, img, pcm, y, g)
+
+    return _fit(net, list(net.parameters()), cfg, split, cfg.epochs, g, rng, loss_fn, progress)
+
+
+def _fit(
+    net: FusionNet,
+    params: list[torch.nn.Parameter],
+    cfg: TrainConfig,
+    split: Split,
+    epochs: int,
+    g: torch.Generator,
+    rng: np.random.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    progress: Callable[[int, int, float], None] | None,
+    *,
+    pct_start: float = 0.15,
+    frozen: Sequence[torch.nn.Module] = (),
+) -> FusionNet:
+    """AdamW + one-cycle over ``epochs`` of augmented batches; ``frozen`` modules stay in
+    eval mode (their batch-norm statistics do not move)."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = epochs * -(-len(split.train_audio) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=pct_start
     )
     step = 0
     net.train()
-    for _epoch in range(cfg.epochs):
+    for module in frozen:
+        module.eval()
+    for _epoch in range(epochs):
         for img, pcm, y in batches(
             split.train_audio, split.train_images, cfg.model, cfg.batch_size, rng, train=True
         ):
             img = D.augment_images(img, g)
             pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
-            loss = (
-                _single_loss(net, only, img, pcm, y)
-                if only
-                else _fusion_loss(net, cfg, img, pcm, y, g)
-            )
+            loss = loss_fn(img, pcm, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -215,29 +238,15 @@ def fuse_experts(
     if not params:  # "late": an average of the experts, nothing to learn
         net.eval()
         return net
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.fusion_epochs) * -(-len(split.train_audio) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    step = 0
-    net.train()
-    for module in frozen:
-        module.eval()  # frozen batch-norm statistics too
-    for _epoch in range(max(1, cfg.fusion_epochs)):
-        for img, pcm, y in batches(
-            split.train_audio, split.train_images, cfg.model, cfg.batch_size, rng, train=True
-        ):
-            img = D.augment_images(img, g)
-            pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
-            loss = _fusion_loss(net, replace(cfg, aux_weight=0.0), img, pcm, y, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress:
-                progress(step, steps, float(loss.detach()))
-    net.eval()
-    return net
+    no_aux = replace(cfg, aux_weight=0.0)  # the heads are frozen: only the fused loss counts
+
+    def loss_fn(img: torch.Tensor, pcm: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _fusion_loss(net, no_aux, img, pcm, y, g)
+
+    epochs = max(1, cfg.fusion_epochs)
+    return _fit(
+        net, params, cfg, split, epochs, g, rng, loss_fn, progress, pct_start=0.3, frozen=frozen
+    )
 
 
 def _fusion_loss(
