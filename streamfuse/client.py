@@ -29,6 +29,7 @@ import zmq.asyncio
 from . import messages
 from .errors import DecodeError, EndpointError
 from .messages import Classification
+from .transport import StreamStats
 
 __all__ = ["Client"]
 
@@ -48,12 +49,10 @@ class Client:
     ) -> None:
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self.topics = list(topics)
-        self.received = 0
-        self.missed = 0
-        """Classifications lost between the daemon and this app (sequence gaps)."""
         self.rejected = 0
         """Messages that were not valid classifications (skipped)."""
-        self._last_seq: dict[str, int] = {}
+        self.streams: dict[bytes, StreamStats] = {}
+        """Per result topic: received, sequence gaps, reordering."""
         self._opts = {
             zmq.RCVHWM: rcvhwm,
             zmq.LINGER: 0,
@@ -99,13 +98,17 @@ class Client:
         header = env.header
         if not isinstance(header, Classification):
             return None
-        stream = header.stream
-        last = self._last_seq.get(stream)
-        if last is not None and header.seq > last + 1:
-            self.missed += header.seq - last - 1
-        self._last_seq[stream] = header.seq
-        self.received += 1
+        self.streams.setdefault(env.topic, StreamStats()).add(header.seq, header.t_capture)
         return header
+
+    @property
+    def received(self) -> int:
+        return sum(st.received for st in self.streams.values())
+
+    @property
+    def missed(self) -> int:
+        """Classifications lost between the daemon and this app (sequence gaps)."""
+        return sum(st.gaps for st in self.streams.values())
 
     # --- blocking --------------------------------------------------------------------
 

@@ -36,15 +36,15 @@ from typing import IO, Any, BinaryIO, Literal, cast
 
 import msgspec
 import numpy as np
-import zmq
 from mcap.exceptions import EndOfFile, InvalidMagic, McapError
 from mcap.records import Channel, Message, Metadata
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from . import messages
-from .errors import DecodeError, EndpointError, SourceError
+from .errors import SourceError
 from .messages import AudioWindow, Classification, VideoFrame
+from .transport import Subscriber
 
 __all__ = [
     "ENCODING",
@@ -281,63 +281,31 @@ def record(
 
     The subscription queue is unbounded (RCVHWM 0): a slow disk makes the recorder's memory
     grow, never the publisher drop for it; anything lost upstream shows as sequence gaps in
-    the summary, per topic."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.LINGER, 0)
-    for t in topics or [""]:
-        sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-    try:
-        for ep in endpoints:
-            sock.connect(ep)
-    except zmq.ZMQError as exc:
-        sock.close()
-        ctx.term()
-        raise EndpointError(ep, "connect to", exc.strerror) from None
-    rec = Recorder(out, compression=compression, foxglove=foxglove)
-    last_seq: dict[str, int] = {}
-    lost: Counter[str] = Counter()
-    rejected: Counter[str] = Counter()
+    the summary, per topic. Invalid messages are counted by reason and not recorded."""
     start = time.monotonic()
-    final = False
+    rec = Recorder(out, compression=compression, foxglove=foxglove)
+
+    def running() -> bool:
+        return not stop.is_set() and (duration is None or time.monotonic() - start < duration)
+
     try:
-        while True:
-            if stop.is_set() or (duration is not None and time.monotonic() - start >= duration):
-                if final:
-                    break
-                final = True  # one last round: what is already queued goes in too
-            elif not sock.poll(100):
-                continue
-            while True:  # drain what is queued before checking the clock again
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                now = time.time_ns()
-                frames = [p.buffer for p in parts]
-                try:
-                    env = messages.decode([bytes(frames[0]), bytes(frames[1]), *frames[2:]])
-                except (DecodeError, IndexError) as err:
-                    rejected[getattr(err, "reason", "malformed")] += 1
-                    continue
-                topic = env.topic.decode()
-                seq = env.header.seq
-                prev = last_seq.get(topic)
-                if prev is not None and seq > prev + 1:
-                    lost[topic] += seq - prev - 1
-                last_seq[topic] = seq
-                rec.write(topic, frames[1:], env.header, now)
+        with Subscriber(endpoints, topics or [""], rcvhwm=0) as sub:
+            while running():
+                got = sub.recv_raw(timeout=0.1)
+                if got is not None:
+                    rec.write(got[0].topic.decode(), got[1][1:], got[0].header, time.time_ns())
+            while (got := sub.recv_raw(timeout=0)) is not None:  # what is queued goes in too
+                rec.write(got[0].topic.decode(), got[1][1:], got[0].header, time.time_ns())
+            lost = {t.decode(): st.gaps for t, st in sub.streams.items() if st.gaps}
+            rejected = dict(sub.rejected)
     finally:
         rec.close()
-        sock.close()
-        ctx.term()
     return RecordSummary(
         path=str(out),
         seconds=round(time.monotonic() - start, 3),
         written=dict(rec.written),
-        lost=dict(lost),
-        rejected=dict(rejected),
+        lost=lost,
+        rejected=rejected,
         bytes=Path(out).stat().st_size,
     )
 

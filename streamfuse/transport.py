@@ -133,6 +133,20 @@ class StreamStats:
     last_capture_ns: int = 0
     last_seq: int | None = None
 
+    def add(self, seq: int, t_capture: int) -> None:
+        """Count one message: sequence gaps, reordering, capture-time span."""
+        if self.received == 0:
+            self.first_capture_ns = t_capture
+        if self.last_seq is not None:
+            if seq > self.last_seq + 1:
+                self.gaps += seq - self.last_seq - 1
+            elif seq <= self.last_seq:
+                # A restarted publisher starts again at 0; anything else is reordering.
+                self.reordered += 1 if seq != 0 else 0
+        self.last_seq = seq
+        self.received += 1
+        self.last_capture_ns = t_capture
+
     def rate_hz(self) -> float:
         """Messages per second by their capture times (arrival jitter does not count)."""
         span = self.last_capture_ns - self.first_capture_ns
@@ -196,6 +210,13 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Envelope | None:
         """Return the next valid message, or ``None`` if ``timeout`` seconds pass first."""
+        got = self.recv_raw(timeout)
+        return None if got is None else got[0]
+
+    def recv_raw(
+        self, timeout: float | None = None
+    ) -> tuple[Envelope, list[bytes | memoryview]] | None:
+        """:meth:`recv`, plus the frames exactly as they arrived (for a recorder)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # A receive timeout on the socket, not a poll() before each recv: one wake-up
@@ -208,14 +229,14 @@ class Subscriber:
                 frames = self._sock.recv_multipart(copy=False)
             except zmq.Again:
                 return None
-            env = self._accept(frames)
+            # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
+            parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
+            parts.extend(f.buffer for f in frames[2:])
+            env = self._accept(parts)
             if env is not None:
-                return env
+                return env, parts
 
-    def _accept(self, frames: list[zmq.Frame]) -> Envelope | None:
-        # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
-        parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
-        parts.extend(f.buffer for f in frames[2:])
+    def _accept(self, parts: list[bytes | memoryview]) -> Envelope | None:
         try:
             env = messages.decode(parts, max_payload=self._max_payload)
         except DecodeError as err:
@@ -229,20 +250,8 @@ class Subscriber:
         return env
 
     def _count(self, env: Envelope) -> None:
-        st = self._stats.streams.get(env.topic)
-        t = env.header.t_capture
-        if st is None:
-            st = self._stats.streams[env.topic] = StreamStats(first_capture_ns=t)
-        seq = env.header.seq
-        if st.last_seq is not None:
-            if seq > st.last_seq + 1:
-                st.gaps += seq - st.last_seq - 1
-            elif seq <= st.last_seq:
-                # A restarted publisher starts again at 0; anything else is reordering.
-                st.reordered += 1 if seq != 0 else 0
-        st.last_seq = seq
-        st.received += 1
-        st.last_capture_ns = t
+        st = self._stats.streams.setdefault(env.topic, StreamStats())
+        st.add(env.header.seq, env.header.t_capture)
 
     def close(self) -> None:
         self._sock.close(linger=0)
