@@ -177,6 +177,11 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group="streamfuse.backends")}
 
 
+def backend_names() -> list[str]:
+    """The installed backends (entry points of group ``streamfuse.backends``)."""
+    return sorted(_entry_points())
+
+
 def _backend_class(name: str) -> type[Any]:
     eps = _entry_points()
     if name not in eps:
@@ -202,6 +207,10 @@ def available_backends() -> list[dict[str, Any]]:
     return rows
 
 
+def _skipped(rows: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{r['backend']} on {r['device']}: {r['reason']}" for r in rows)
+
+
 def open_backend(
     name: str = "auto", model: ModelInfo | None = None, options: BackendOptions | None = None
 ) -> Backend:
@@ -209,24 +218,18 @@ def open_backend(
     model = model or ModelInfo.load()
     options = options or BackendOptions()
     if name == "auto":
-        skipped: list[str] = []
-        for candidate, device in AUTO_ORDER:
-            try:
-                reason = _backend_class(candidate).unavailable(device)
-            except BackendError as err:
-                reason = err.problem
-            if reason is None:
-                log.info(
-                    "backend auto: %s on %s%s",
-                    candidate,
-                    device,
-                    f" (skipped {'; '.join(skipped)})" if skipped else "",
-                )
-                name, options = candidate, replace(options, device=device)
-                break
-            skipped.append(f"{candidate} on {device}: {reason}")
-        else:
-            raise BackendError("auto", "no backend can run here: " + "; ".join(skipped))
+        rows = available_backends()
+        usable = next((row for row in rows if row["available"]), None)
+        if usable is None:
+            raise BackendError("auto", "no backend can run here: " + _skipped(rows))
+        skipped = _skipped(rows[: rows.index(usable)])
+        log.info(
+            "backend auto: %s on %s%s",
+            usable["backend"],
+            usable["device"],
+            f" (skipped {skipped})" if skipped else "",
+        )
+        name, options = usable["backend"], replace(options, device=usable["device"])
     cls = _backend_class(name)
     reason = cls.unavailable(options.device)
     if reason is not None:

@@ -223,6 +223,7 @@ class Engine:
         clock = (lambda: 0) if self.virtual else time.monotonic_ns
         t0 = clock()
         images, audios = [], []
+        audio_done: dict[int, np.ndarray] = {}  # one mic window serves every camera's sample
         for s in samples:
             try:
                 images.append(self.pre.image(s.frame) if s.frame else self.pre.blank_image())
@@ -230,7 +231,12 @@ class Engine:
                 self._error("preprocess", f"{s.camera}: {exc}")
                 images.append(self.pre.blank_image())
                 s.missing.append(s.camera)
-            audios.append(self.pre.audio(s.audio) if s.audio else self.pre.blank_audio())
+            if s.audio is None:
+                audios.append(self.pre.blank_audio())
+            else:
+                if id(s.audio) not in audio_done:
+                    audio_done[id(s.audio)] = self.pre.audio(s.audio)
+                audios.append(audio_done[id(s.audio)])
         t1 = clock()
         try:
             out = self.backend.infer(np.stack(images), np.stack(audios))

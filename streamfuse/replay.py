@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .backend import BackendOptions, open_backend
+from .backend import BackendOptions, ModelInfo, open_backend
 from .config import CameraConfig, MicConfig, RunConfig
 from .engine import Engine
 from .errors import ConfigError
@@ -66,10 +66,7 @@ def replay_lockstep(
 ) -> list[Classification]:
     """Run the engine over ``rec`` on its recorded clock; return every classification."""
     cfg = config_for(data_topics(rec), cfg)
-    model_path = cfg.engine.model
-    from .backend import ModelInfo
-
-    model = ModelInfo.load(model_path)
+    model = ModelInfo.load(cfg.engine.model)
     options = BackendOptions(device="cpu", max_batch=cfg.engine.max_batch, threads=1)
     engine = Engine(cfg, open_backend(backend, model, options), virtual=True)
     wanted = {*(cfg.camera_topic(c) for c in cfg.cameras), cfg.mic_topic}

@@ -104,14 +104,12 @@ def engine(config_path: str, until_eof: bool) -> None:
 
 def _preflight(cfg: RunConfig) -> None:
     """Fail now, with one clear line, on what would make the engine crash at every restart."""
-    from importlib.metadata import entry_points
-
-    from .backend import ModelInfo
+    from .backend import ModelInfo, backend_names
     from .errors import ConfigError
 
     ModelInfo.load(cfg.engine.model)
-    names = {ep.name for ep in entry_points(group="streamfuse.backends")}
+    names = backend_names()
     if cfg.engine.backend != "auto" and cfg.engine.backend not in names:
         raise ConfigError(
-            "engine.backend", f"unknown backend {cfg.engine.backend!r}; installed: {sorted(names)}"
+            "engine.backend", f"unknown backend {cfg.engine.backend!r}; installed: {names}"
         )
