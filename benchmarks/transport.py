@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ SIZES = {"640x480": (480, 640, 3), "1920x1080": (1080, 1920, 3)}
 if os.environ.get("SF_SIZES"):
     SIZES = {k: v for k, v in SIZES.items() if k in os.environ["SF_SIZES"].split(",")}
 FULL_N = {"640x480": 1500, "1920x1080": 400}
-PACED_N = 60  # 2 s at 30 Hz
+PACED_N = 150  # 5 s at 30 Hz
 SF_HWM = int(os.environ.get("SF_HWM", "8"))
 
 
@@ -39,15 +40,22 @@ def _pace(i: int, start: int, rate: float | None) -> None:
 # -- streamfuse --------------------------------------------------------------------------
 
 
-def sf_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None:
+def sf_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None, mode: str) -> None:
+    """``mode``: ``loan`` fills the frame straight into the shared-memory slot (what the
+    camera process does: it decodes into the loaned array), ``copy`` sends an existing array
+    (copied into the slot), ``socket`` turns shared memory off (the payload crosses the socket)."""
     from streamfuse import Publisher, VideoFrame
 
     img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    with Publisher(ep, sndhwm=SF_HWM, lossless=True) as pub:
+    with Publisher(ep, sndhwm=SF_HWM, lossless=True, shm=mode != "socket") as pub:
         pub.wait_for_subscriber(10)
         start = time.monotonic_ns()
         for i in range(n):
             _pace(i, start, rate)
+            frame = img
+            if mode == "loan":  # the sensor's readout, before its capture time is taken
+                frame = pub.loan("video/bench", shape)
+                frame[...] = img
             hdr = VideoFrame(
                 stream="bench",
                 seq=i,
@@ -55,14 +63,14 @@ def sf_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None
                 width=shape[1],
                 height=shape[0],
             )
-            pub.send("video/bench", hdr, img)
+            pub.send("video/bench", hdr, frame)
 
 
-def sf_recv(ep: str, n: int) -> tuple[list[int], float]:
+def sf_recv(ep: str, n: int, copy: bool = True) -> tuple[list[int], float]:
     from streamfuse import Subscriber, image_array
 
     lat: list[int] = []
-    with Subscriber(ep, rcvhwm=SF_HWM) as sub:
+    with Subscriber(ep, rcvhwm=SF_HWM, shm_copy=copy) as sub:
         first = None
         while len(lat) < n:
             env = sub.recv(timeout=10)
@@ -139,7 +147,10 @@ def _init_queue(q: Any) -> None:
 
 
 PEERS: dict[str, tuple[Callable[..., None], Callable[..., tuple[list[int], float]]]] = {
-    "streamfuse": (sf_send, sf_recv),
+    "streamfuse shm+loan, view": (partial(sf_send, mode="loan"), partial(sf_recv, copy=False)),
+    "streamfuse shm+loan": (partial(sf_send, mode="loan"), sf_recv),
+    "streamfuse shm": (partial(sf_send, mode="copy"), sf_recv),
+    "streamfuse socket": (partial(sf_send, mode="socket"), sf_recv),
     "imagezmq": (izmq_send, izmq_recv),
     "multiprocessing.Queue": (mpq_send, mpq_recv),
 }
@@ -159,7 +170,11 @@ def run_one(
     q = ctx.Queue(maxsize=4)
     _init_queue(q)
     # streamfuse's default local endpoints are ipc://; imagezmq's API is built around tcp://.
-    ep = f"ipc:///tmp/sf-bench-{port}" if peer == "streamfuse" else f"tcp://127.0.0.1:{port}"
+    ep = (
+        f"ipc:///tmp/sf-bench-{port}"
+        if peer.startswith("streamfuse")
+        else f"tcp://127.0.0.1:{port}"
+    )
     proc = ctx.Process(target=_sender_main, args=(peer, ep, shape, n, rate, q))
     proc.start()
     lat, span = PEERS[peer][1](ep, n)  # the receiver runs here, in the parent
@@ -220,9 +235,16 @@ def render(results: dict[tuple[str, str, str], list[dict[str, float]]], repeat: 
         f"Machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.platform()}  ",
         f"Medians of {repeat} runs; all peers in the same run. streamfuse: "
-        "PUB/SUB over ipc:// (its default for local endpoints), zero-copy, lossless mode (sender waits "
-        f"at HWM {SF_HWM}). imagezmq: REQ/REP over tcp://127.0.0.1 (one frame in flight). "
-        "Latency: receiver's CLOCK_MONOTONIC minus sender's at send.",
+        "PUB/SUB over ipc:// (its default for local endpoints), lossless mode (sender waits "
+        f"at HWM {SF_HWM} and for the reader before reusing a slot); `shm`: the payload goes "
+        "through a ring of 8 shared-memory slots, only the header crosses the socket, the "
+        "subscriber copies the frame out (`streamfuse/shm.py`); `view`: the subscriber reads "
+        "the slot in place (`Subscriber(shm_copy=False)`, no copy anywhere); `shm+loan`: the sender fills "
+        "the frame straight into the slot (`Publisher.loan`, as the camera process decodes "
+        "into it) before taking its capture time, so no copy is left on the sender; `socket`: "
+        "shared memory off, zero-copy send through the socket. imagezmq: REQ/REP over "
+        "tcp://127.0.0.1 (one frame in flight; its sender holds the frame before taking the "
+        "time). Latency: receiver's CLOCK_MONOTONIC minus sender's at send.",
         "",
         "| frame | rate | peer | frames/s | p50 ms | p99 ms | lost | fps vs imagezmq | p50 vs imagezmq |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",

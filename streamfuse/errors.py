@@ -87,6 +87,8 @@ RejectReason = Literal[
     "size_mismatch",  # payload length disagrees with the shape in the header
     "unknown_version",  # a schema version this build cannot read
     "unknown_kind",  # a kind this build does not know
+    "overwritten",  # shared-memory slot reused before this subscriber read it
+    "shm_unavailable",  # shared-memory segment cannot be opened (publisher gone, container)
 ]
 
 

@@ -14,11 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import zmq
 
 from . import messages
 from .errors import DecodeError, EndpointError
 from .messages import Envelope, Message
+from .shm import MIN_BYTES as SHM_MIN_BYTES
+from .shm import TAG as SHM_TAG
+from .shm import Ring, ShmReader
+from .shm import wanted as shm_wanted
 
 __all__ = ["Publisher", "StreamStats", "Subscriber", "heartbeat_topic"]
 
@@ -45,6 +51,11 @@ class Publisher:
     without anyone sleeping. A subscriber slower than ``sndhwm`` messages loses messages (its
     own, not other subscribers'), which it sees as sequence gaps; with ``lossless=True``
     :meth:`send` waits for it instead.
+
+    On ``ipc://`` endpoints (``shm=None``, see :func:`streamfuse.shm.wanted`) payloads of
+    64 KiB and more go through a ring of ``shm_slots`` (default: ``sndhwm``, the backlog the
+    socket would hold) shared-memory slots per topic and only the header crosses the socket
+    (:mod:`streamfuse.shm`). Slots are touched only when a backlog needs them.
     """
 
     def __init__(
@@ -54,9 +65,15 @@ class Publisher:
         sndhwm: int = 64,
         linger_ms: int = 200,
         lossless: bool = False,
+        shm: bool | None = None,
+        shm_slots: int | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._lossless = lossless
+        self._shm = shm_wanted(endpoint, shm)
+        self._shm_slots = shm_slots or sndhwm
+        self._rings: dict[bytes, Ring] = {}
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.XPUB)
@@ -82,8 +99,51 @@ class Publisher:
         t = topic.encode() if isinstance(topic, str) else topic
         parts: list[Any] = [t, messages.encode(header)]
         if payload is not None:
+            ring = self._ring(t, payload) if self._shm else None
+            if ring is not None:
+                if ring.owns(payload):  # filled in place after loan(): nothing to copy
+                    ref = ring.commit()
+                else:
+                    ref = ring.write(payload, wait=self._lossless)
+                parts += [SHM_TAG, ref]
+                self._sock.send_multipart(parts)  # a few hundred bytes: copying is cheaper
+                return
             parts.append(payload)
         self._sock.send_multipart(parts, copy=False)
+
+    def loan(
+        self, topic: str | bytes, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8
+    ) -> np.ndarray:
+        """An array to fill in place and then pass to :meth:`send` as the payload.
+
+        Where the payload goes through shared memory this is the next ring slot itself, so
+        the frame is never copied (a camera decodes straight into it); elsewhere it is an
+        ordinary array. Fill it and send it before the next ``loan`` on the same topic.
+        """
+        t = topic.encode() if isinstance(topic, str) else topic
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dt.itemsize
+        ring = self._ring(t, nbytes) if self._shm else None
+        if ring is None:
+            return np.empty(shape, dt)
+        return ring.loan(nbytes, wait=self._lossless).view(dt).reshape(shape)
+
+    def _ring(self, topic: bytes, payload: object) -> Ring | None:
+        """The shared-memory ring for ``topic``'s payloads, or ``None`` to send inline."""
+        size = payload if isinstance(payload, int) else memoryview(payload).nbytes  # type: ignore[arg-type]
+        if size < SHM_MIN_BYTES:
+            return None
+        ring = self._rings.get(topic)
+        if ring is None or ring.capacity < size:
+            if ring is not None:  # the frames grew: a new ring; readers attach on first use
+                ring.close()
+            try:
+                ring = self._rings[topic] = Ring(size, self._shm_slots)
+            except OSError as exc:
+                log.warning("%s: shared memory unavailable (%s); sending inline", topic, exc)
+                self._shm = False
+                return None
+        return ring
 
     def poll_subscriptions(self) -> int:
         """Read pending (un)subscriptions; return how many topic prefixes are subscribed."""
@@ -113,6 +173,9 @@ class Publisher:
         self._sock.close()
         if self._own_ctx:
             self._ctx.term()
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
 
     def __enter__(self) -> Publisher:
         return self
@@ -157,6 +220,7 @@ class StreamStats:
 class _Stats:
     streams: dict[bytes, StreamStats] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    shm: int = 0
 
 
 class Subscriber:
@@ -164,6 +228,12 @@ class Subscriber:
 
     Rejected messages (see :class:`~streamfuse.errors.DecodeError`) are counted in
     :attr:`rejected` by reason, logged at most once a second, and skipped.
+
+    A payload that came through shared memory is copied out of its slot; with
+    ``shm_copy=False`` it is a read-only view on the slot instead (no copy at all), valid
+    until this subscriber's next receive (the publisher does not reuse a slot a live reader
+    holds while it has a free one; a lossless publisher never does): check :meth:`intact`
+    after use.
     """
 
     def __init__(
@@ -173,6 +243,7 @@ class Subscriber:
         *,
         rcvhwm: int = 64,
         max_payload: int = messages.MAX_PAYLOAD_BYTES,
+        shm_copy: bool = True,
         context: zmq.Context | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
@@ -190,6 +261,7 @@ class Subscriber:
                 self._sock.close(linger=0)
                 raise EndpointError(ep, "connect to", exc.strerror) from None
         self._stats = _Stats()
+        self._shm = ShmReader(copy=shm_copy)
         self._last_complaint = 0.0
         self._rcvtimeo = -1
 
@@ -197,6 +269,11 @@ class Subscriber:
     def streams(self) -> dict[bytes, StreamStats]:
         """Per-topic receive statistics."""
         return self._stats.streams
+
+    @property
+    def shm_received(self) -> int:
+        """Messages whose payload came through shared memory."""
+        return self._stats.shm
 
     @property
     def rejected(self) -> Counter[str]:
@@ -231,7 +308,15 @@ class Subscriber:
                 return None
             # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
             parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
-            parts.extend(f.buffer for f in frames[2:])
+            if len(frames) == 4 and frames[2].bytes == SHM_TAG:
+                try:
+                    parts.append(self._shm.read(frames[3].buffer, parts[0]))  # type: ignore[arg-type]
+                except DecodeError as err:
+                    self._reject(err)
+                    continue
+                self._stats.shm += 1
+            else:
+                parts.extend(f.buffer for f in frames[2:])
             env = self._accept(parts)
             if env is not None:
                 return env, parts
@@ -240,21 +325,29 @@ class Subscriber:
         try:
             env = messages.decode(parts, max_payload=self._max_payload)
         except DecodeError as err:
-            self._stats.rejected[err.reason] += 1
-            now = time.monotonic()
-            if now - self._last_complaint > 1.0:
-                self._last_complaint = now
-                log.warning("%s (%d rejected so far)", err, sum(self._stats.rejected.values()))
+            self._reject(err)
             return None
         self._count(env)
         return env
+
+    def _reject(self, err: DecodeError) -> None:
+        self._stats.rejected[err.reason] += 1
+        now = time.monotonic()
+        if now - self._last_complaint > 1.0:
+            self._last_complaint = now
+            log.warning("%s (%d rejected so far)", err, sum(self._stats.rejected.values()))
 
     def _count(self, env: Envelope) -> None:
         st = self._stats.streams.setdefault(env.topic, StreamStats())
         st.add(env.header.seq, env.header.t_capture)
 
+    def intact(self, env: Envelope) -> bool:
+        """Whether ``env``'s payload still holds what was sent (see ``shm_copy``)."""
+        return env.payload is None or self._shm.intact(env.payload)
+
     def close(self) -> None:
         self._sock.close(linger=0)
+        self._shm.close()
 
     def __enter__(self) -> Subscriber:
         return self

@@ -1,0 +1,285 @@
+"""Payloads through shared memory (streamfuse.shm) between real processes and sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamfuse import messages as m
+from streamfuse.shm import TAG
+from streamfuse.transport import Publisher, Subscriber
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this system"),
+]
+
+W, H = 320, 240  # 230 KB: above the 64 KiB threshold
+
+
+def frame(seq: int) -> tuple[m.VideoFrame, np.ndarray]:
+    img = np.full((H, W, 3), seq % 256, np.uint8)
+    img.reshape(-1)[:8] = np.frombuffer(seq.to_bytes(8, "little"), np.uint8)
+    return m.VideoFrame(stream="front", seq=seq, t_capture=seq, width=W, height=H), img
+
+
+def intact(env: m.Envelope) -> bool:
+    img = m.image_array(env)
+    seq = env.header.seq
+    stamp = int.from_bytes(img.reshape(-1)[:8].tobytes(), "little")
+    return stamp == seq and int(img[-1, -1, 2]) == seq % 256
+
+
+def receive(sub: Subscriber, n: int, timeout: float = 10) -> list[m.Envelope]:
+    """Up to ``n`` messages, stopping at the first wait longer than ``timeout``."""
+    got = []
+    while len(got) < n and (env := sub.recv(timeout=timeout)) is not None:
+        got.append(env)
+    return got
+
+
+def segments(pid: int) -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"sf-{pid}-*")}
+
+
+# A publisher in its own process, as a camera is: python -c PUBLISHER endpoint n lossless slots
+PUBLISHER = """
+import sys, time, numpy as np
+from streamfuse import Publisher, VideoFrame
+ep, n, lossless, slots = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+with Publisher(ep, lossless=lossless, shm_slots=slots, linger_ms=2000) as pub:
+    pub.wait_for_subscriber(10, b"video/front")
+    for i in range(n):
+        img = pub.loan("video/front", (240, 320, 3)) if i % 2 else np.empty((240, 320, 3), np.uint8)
+        img[...] = i % 256
+        img.reshape(-1)[:8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)
+        hdr = VideoFrame(stream="front", seq=i, t_capture=i, width=320, height=240)
+        pub.send("video/front", hdr, img)
+    print("done", flush=True)
+    time.sleep(float(sys.argv[5]) if len(sys.argv) > 5 else 0.5)
+"""
+
+
+def start_publisher(
+    endpoint: str, n: int, *, lossless: bool, slots: int = 8, hold: float = 0.5
+) -> subprocess.Popen[str]:
+    flag = "1" if lossless else "0"
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, endpoint, str(n), flag, str(slots), str(hold)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_large_payloads_cross_processes_through_shared_memory_intact(endpoint: str) -> None:
+    with (
+        start_publisher(endpoint, 200, lossless=True, slots=4) as proc,
+        Subscriber(endpoint, ["video/"]) as sub,
+    ):
+        envs = receive(sub, 200)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+    proc.wait(10)
+    assert [e.header.seq for e in envs] == list(range(200))
+    assert all(intact(e) for e in envs)
+    # every payload came through the ring (loaned and copied alike), none inline
+    assert sub.shm_received == 200 and not sub.rejected
+
+
+def test_a_slow_subscriber_is_waited_for_by_a_lossless_publisher(endpoint: str) -> None:
+    seen = []
+    with (
+        start_publisher(endpoint, 60, lossless=True, slots=2) as proc,
+        Subscriber(endpoint, ["video/"], rcvhwm=1000) as sub,
+    ):
+        while len(seen) < 60 and (env := sub.recv(timeout=10)) is not None:
+            seen.append(env.header.seq if intact(env) else -1)
+            time.sleep(0.005)  # slower than the publisher: it must wait, not overwrite
+    proc.wait(10)
+    assert seen == list(range(60)) and not sub.rejected
+
+
+def test_a_subscriber_a_ring_behind_a_live_publisher_loses_frames_counted_never_torn(
+    endpoint: str, zctx: zmq.Context
+) -> None:
+    with (
+        Publisher(endpoint, shm_slots=3, sndhwm=1000, context=zctx) as pub,
+        Subscriber(endpoint, ["video/"], rcvhwm=1000, context=zctx) as sub,
+    ):
+        assert pub.wait_for_subscriber(5, b"video/front")
+        for i in range(20):  # the subscriber reads nothing meanwhile
+            pub.send("video/front", *frame(i))
+        envs = receive(sub, 20, timeout=1)
+    assert sub.rejected["overwritten"] == 17  # only the last 3 slots still hold theirs
+    assert [e.header.seq for e in envs] == [17, 18, 19] and all(intact(e) for e in envs)
+
+
+def test_zero_copy_views_say_when_their_slot_was_reused(endpoint: str, zctx: zmq.Context) -> None:
+    with (
+        Publisher(endpoint, shm_slots=2, context=zctx) as pub,
+        Subscriber(endpoint, ["video/"], shm_copy=False, context=zctx) as sub,
+    ):
+        assert pub.wait_for_subscriber(5, b"video/front")
+        pub.send("video/front", *frame(0))
+        env = sub.recv(timeout=5)
+        assert env is not None and env.payload is not None and env.payload.readonly
+        assert intact(env) and sub.intact(env)
+        for i in (1, 2):  # two more sends on a 2-slot ring reuse frame 0's slot
+            pub.send("video/front", *frame(i))
+        assert not sub.intact(env)
+        assert [e.header.seq for e in (sub.recv(timeout=5), sub.recv(timeout=5)) if e] == [1, 2]
+        del env  # views must go before the subscriber can unmap (it also copes if they don't)
+
+
+def test_tcp_and_small_payloads_stay_inline_and_the_env_switch_turns_shm_off(
+    endpoint: str, zctx: zmq.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        Publisher("tcp://127.0.0.1:0", context=zctx) as pub,
+        Subscriber(pub.endpoint, context=zctx) as sub,
+    ):
+        assert pub.wait_for_subscriber(5)
+        loaned = pub.loan("video/front", (H, W, 3))  # not shared memory on tcp: a plain array
+        loaned[...] = 7
+        pub.send("video/front", m.VideoFrame(stream="f", t_capture=1, width=W, height=H), loaned)
+        env = sub.recv(timeout=5)
+        assert env is not None and int(m.image_array(env)[5, 5, 0]) == 7
+        assert sub.shm_received == 0
+    monkeypatch.setenv("STREAMFUSE_SHM", "0")
+    with (
+        Publisher(endpoint, context=zctx) as pub,
+        Subscriber(endpoint, context=zctx) as sub,
+    ):
+        assert pub.wait_for_subscriber(5)
+        pub.send("video/front", *frame(3))
+        pub.send("audio/mic", *frame(4))
+        assert sub.recv(timeout=5) is not None and sub.recv(timeout=5) is not None
+        assert sub.shm_received == 0 and segments(os.getpid()) == set()
+
+
+def test_the_ring_goes_when_the_publisher_closes_or_is_killed(endpoint: str) -> None:
+    with Publisher(endpoint) as pub:
+        pub.send("video/front", *frame(0))
+        assert len(segments(os.getpid())) == 1
+    assert segments(os.getpid()) == set()
+
+    with (
+        start_publisher(endpoint, 3, lossless=False, hold=60) as proc,
+        Subscriber(endpoint, ["video/"]) as sub,
+    ):
+        assert sub.recv(timeout=10) is not None  # attached: the reader must not own it
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+        assert len(segments(proc.pid)) == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        deadline = time.monotonic() + 5  # the publisher's resource tracker unlinks it
+        while segments(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert segments(proc.pid) == set()
+
+
+def test_a_lossless_publisher_stops_waiting_for_a_reader_that_died(
+    endpoint: str, zctx: zmq.Context
+) -> None:
+    with (
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time\n"
+                "from streamfuse import Subscriber\n"
+                "sub = Subscriber(sys.argv[1], ['video/'], rcvhwm=1000)\n"
+                "assert sub.recv(timeout=10) is not None\n"
+                "print('attached', flush=True)\n"
+                "time.sleep(60)\n",
+                endpoint,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as reader,
+        Publisher(endpoint, lossless=True, shm_slots=2, sndhwm=1000, context=zctx) as pub,
+    ):
+        sent = 0
+        assert pub.wait_for_subscriber(10, b"video/front")
+
+        def send_all() -> None:
+            nonlocal sent
+            for i in range(10):
+                pub.send("video/front", *frame(i))
+                sent += 1
+
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "attached"
+        time.sleep(0.5)
+        assert sent < 10  # waiting for the reader to free a slot
+        reader.kill()
+        reader.wait(5)
+        sender.join(5)
+        assert sent == 10, "the publisher should give up on a dead reader"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ref=st.one_of(
+        st.binary(max_size=40),
+        st.lists(st.one_of(st.integers(-5, 2**64 - 1), st.text(max_size=20)), max_size=5).map(
+            msgpack.packb
+        ),
+        st.tuples(
+            st.sampled_from(["sf-1-deadbeef", "../../etc/passwd", "psm_1234", "sf-x-12345678"]),
+            st.integers(-2, 10),
+            st.integers(-2, 10),
+            st.integers(-2, 10**9),
+        ).map(lambda t: msgpack.packb(list(t))),
+    )
+)
+def test_garbage_shared_memory_references_are_rejected_by_reason(
+    endpoint: str, zctx: zmq.Context, ref: bytes
+) -> None:
+    raw = zctx.socket(zmq.PUB)
+    raw.bind(endpoint)
+    with Subscriber(endpoint, context=zctx) as sub:
+        hdr, img = frame(1)
+        raw_header = m.encode(hdr)
+        deadline = time.monotonic() + 5
+        while sum(sub.rejected.values()) == 0 and time.monotonic() < deadline:
+            raw.send_multipart([b"video/front", raw_header, TAG, ref])
+            assert sub.recv(timeout=0.02) is None
+        # and the subscriber still takes a good message afterwards
+        raw.send_multipart([b"video/front", raw_header, img])
+        assert sub.recv(timeout=5) is not None
+    raw.close(linger=0)
+    assert set(sub.rejected) <= {"malformed", "shm_unavailable"} and sub.rejected
+
+
+def test_a_reader_that_keeps_up_keeps_the_ring_small_in_memory(
+    endpoint: str, zctx: zmq.Context
+) -> None:
+    with (
+        Publisher(endpoint, shm_slots=64, context=zctx) as pub,
+        Subscriber(endpoint, ["video/"], context=zctx) as sub,
+    ):
+        assert pub.wait_for_subscriber(5, b"video/front")
+        for i in range(100):
+            pub.send("video/front", *frame(i))
+            env = sub.recv(timeout=5)
+            assert env is not None and intact(env)
+        (seg,) = segments(os.getpid())
+        st = os.stat(f"/dev/shm/{seg}")
+    # 64 slots of 230 KB reserved, but tmpfs holds only the pages written: two slots' worth
+    assert st.st_size > 60 * W * H * 3
+    assert st.st_blocks * 512 <= 3 * W * H * 3
