@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import re
 import secrets
 import shutil
 import time
-from multiprocessing import resource_tracker
+from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
 
 import msgspec
@@ -92,13 +93,14 @@ def wanted(endpoint: str, shm: bool | None) -> bool:
 class _Segment:
     """Views on one mapped segment (shared by the writing and the reading side)."""
 
-    def __init__(self, shm: SharedMemory) -> None:
-        self.shm = shm
-        buf = _buf(shm)
+    def __init__(self, buf: memoryview, close: Callable[[], None]) -> None:
+        self._close = close
+        if len(buf) < HEADER or bytes(buf[:8]) != MAGIC:
+            raise ValueError("not a streamfuse ring (bad magic)")
         self.slots, self.capacity = (int(x) for x in np.ndarray((2,), "<u4", buf, 8))
         self.readers = np.ndarray((MAX_READERS, 3), "<u8", buf, 16)
         stride = SLOT_HEADER + self.capacity
-        if HEADER + self.slots * stride > shm.size:
+        if HEADER + self.slots * stride > len(buf):
             raise ValueError(f"{self.slots} slots of {self.capacity} bytes do not fit")
         self.meta = [np.ndarray((2,), "<u8", buf, HEADER + k * stride) for k in range(self.slots)]
         self.data = [
@@ -108,7 +110,31 @@ class _Segment:
 
     def close(self) -> None:
         del self.readers, self.meta, self.data  # views must go before the mapping can
-        self.shm.close()
+        self._close()
+
+
+def _map(name: str) -> tuple[memoryview, Callable[[], None]]:
+    """Map an existing segment read-write *without* the resource tracker that
+    ``SharedMemory(name)`` registers it with (Python < 3.13), which would unlink the
+    publisher's segment when this reader exits (or, in a multiprocessing child that shares
+    its parent's tracker, drop the publisher's own registration)."""
+    import _posixshmem  # type: ignore[import-not-found]  # what SharedMemory uses; POSIX only
+
+    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise ValueError("empty segment")
+        mm = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    view = memoryview(mm)
+
+    def close() -> None:
+        view.release()
+        mm.close()
+
+    return view, close
 
 
 class Ring:
@@ -132,10 +158,11 @@ class Ring:
             log.warning("/dev/shm is small: a ring of %d slots instead of %d", fit, slots)
             slots = fit
         name = f"sf-{os.getpid()}-{secrets.token_hex(4)}"
-        shm = SharedMemory(name=name, create=True, size=HEADER + slots * stride)
-        _buf(shm)[:8] = MAGIC
-        np.ndarray((2,), "<u4", _buf(shm), 8)[:] = (slots, capacity)
-        self._seg = _Segment(shm)
+        self._shm = shm = SharedMemory(name=name, create=True, size=HEADER + slots * stride)
+        buf = _buf(shm)
+        buf[:8] = MAGIC
+        np.ndarray((2,), "<u4", buf, 8)[:] = (slots, capacity)
+        self._seg = _Segment(buf, shm.close)
         self.name = name
         self.capacity = capacity
         self.gen = 0
@@ -220,7 +247,7 @@ class Ring:
 
     def close(self) -> None:
         self._seg.close()
-        self._seg.shm.unlink()
+        self._shm.unlink()
 
 
 def _buf(shm: SharedMemory) -> memoryview:
@@ -306,8 +333,8 @@ class ShmReader:
         if not _NAME.match(name):
             raise DecodeError("malformed", f"{name!r} is not a streamfuse segment", topic=topic)
         try:
-            shm = SharedMemory(name=name)
-        except (FileNotFoundError, OSError) as exc:
+            seg = _Segment(*_map(name))
+        except OSError as exc:
             raise DecodeError(
                 "shm_unavailable",
                 f"cannot open shared-memory segment {name}: {exc.strerror or exc}; the "
@@ -315,17 +342,7 @@ class ShmReader:
                 "--ipc=host: start it with STREAMFUSE_SHM=0)",
                 topic=topic,
             ) from None
-        # Attaching registered the segment with this process's resource tracker, which would
-        # unlink it (under the publisher's feet) when we exit. Unless this very process
-        # publishes it, it is not ours: unregister.
-        if name.split("-")[1] != str(os.getpid()):
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        try:
-            if bytes(_buf(shm)[:8]) != MAGIC:
-                raise ValueError("bad magic")
-            seg = _Segment(shm)
         except ValueError as exc:
-            shm.close()
             raise DecodeError("malformed", f"segment {name}: {exc}", topic=topic) from None
         row = self._register(seg)
         self._segs[name] = (seg, row)
