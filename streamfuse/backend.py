@@ -35,7 +35,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp64", "fp32", "fp16", "int8"]
 #: output name -> (batch, n_labels) float32 probabilities
 Outputs = dict[str, np.ndarray]
 
@@ -145,8 +145,10 @@ class BackendOptions:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError("backend.max_batch", f"must be >= 1, got {self.max_batch}")
-        if self.precision not in (None, "fp32", "fp16", "int8"):
-            raise ConfigError("backend.precision", f"{self.precision!r}; choose fp32, fp16 or int8")
+        if self.precision not in (None, "fp64", "fp32", "fp16", "int8"):
+            raise ConfigError(
+                "backend.precision", f"{self.precision!r}; choose fp64, fp32, fp16 or int8"
+            )
 
 
 class Backend(Protocol):

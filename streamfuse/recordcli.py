@@ -73,6 +73,13 @@ def record(
 @click.option("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS")
 @click.option("--lockstep", is_flag=True, help="Run the engine on recorded time; print results.")
 @click.option("--model", default=None, help="--lockstep: ONNX model (default: shipped).")
+@click.option(
+    "--backend",
+    default="reference",
+    show_default=True,
+    help="--lockstep: 'reference' (float64, the same bytes on every CPU) or 'onnxruntime' "
+    "(faster; the same bytes on every run, last bits differ between CPU types).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def replay(
     path: str,
@@ -85,6 +92,7 @@ def replay(
     wait_for_subscriber: float,
     lockstep: bool,
     model: str | None,
+    backend: str,
     as_json: bool,
 ) -> None:
     """Replay an MCAP recording live (same topics, original timing) or in --lockstep."""
@@ -109,7 +117,7 @@ def replay(
             else:
                 click.echo(describe(c))  # type: ignore[arg-type]
 
-        results = replay_lockstep(rec, cfg, on_result=show)
+        results = replay_lockstep(rec, cfg, backend=backend, on_result=show)
         sys.stdout.flush()
         click.echo(f"{len(results)} classifications (lockstep)", err=True)
         return

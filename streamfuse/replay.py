@@ -61,10 +61,15 @@ def replay_lockstep(
     rec: Recording,
     cfg: RunConfig | None = None,
     *,
-    backend: str = "onnxruntime",
+    backend: str = "reference",
     on_result: Callable[[Classification], None] | None = None,
 ) -> list[Classification]:
-    """Run the engine over ``rec`` on its recorded clock; return every classification."""
+    """Run the engine over ``rec`` on its recorded clock; return every classification.
+
+    The default ``reference`` backend computes in float64 and rounds to float32, so the
+    output is the same bytes on any CPU; ``onnxruntime`` is faster and the same bytes on
+    every run on one machine, but its last bits depend on the CPU's instruction set.
+    """
     cfg = config_for(data_topics(rec), cfg)
     model = ModelInfo.load(cfg.engine.model)
     options = BackendOptions(device="cpu", max_batch=cfg.engine.max_batch, threads=1)

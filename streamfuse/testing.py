@@ -31,7 +31,7 @@ def run_recording(
     *,
     model: str | Path | None = None,
     config: RunConfig | None = None,
-    backend: str = "onnxruntime",
+    backend: str = "reference",
 ) -> list[Classification]:
     """Every classification the engine makes on the recording at ``path``."""
     rec = read_recording(path)

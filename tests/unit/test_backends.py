@@ -31,7 +31,7 @@ from streamfuse.backend import (
 from streamfuse.enginecache import EngineCache
 from streamfuse.errors import BackendError, ConfigError
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}
+TOLERANCE = {"fp64": 1e-5, "fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}
 
 
 def _available(name: str, device: str) -> str | None:
@@ -62,6 +62,7 @@ def test_the_shipped_model_carries_its_contract(model: ModelInfo) -> None:
 @pytest.mark.parametrize(
     ("name", "device", "precision", "cuda_graphs"),
     [
+        ("reference", "cpu", "fp64", False),
         ("torch", "cpu", "fp32", False),
         ("torch", "cuda", "fp32", False),
         ("torch", "cuda", "fp32", True),
