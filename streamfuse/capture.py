@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
 from .errors import ConfigError
 from .messages import Heartbeat, Message
 from .transport import Publisher, heartbeat_topic
@@ -94,6 +96,18 @@ class VideoOptions(_Options):
     width: int | None = None
     height: int | None = None
     jpeg_quality: int | None = None
+    frame_buffer: Callable[[tuple[int, ...]], np.ndarray] | None = None
+    """Where a source puts its next raw frame of a given shape; ``None``: its own array. The
+    capture command points it at the publisher's next shared-memory slot
+    (:meth:`~streamfuse.transport.Publisher.loan`), so frames are decoded, resized or drawn
+    straight into the memory their subscribers read."""
+
+    def buffer(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """An array of ``shape`` for the next raw frame, or ``None`` (no buffer set, or
+        frames leave as JPEG)."""
+        if self.frame_buffer is None or self.jpeg_quality is not None:
+            return None
+        return self.frame_buffer(shape)
 
 
 @dataclass

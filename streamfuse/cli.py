@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -135,6 +136,8 @@ def _run_capture_command(
         # --fast: a file publishes as fast as its slowest subscriber reads, never dropping.
         lossless = common["fast"]
         with Publisher(common["endpoint"], linger_ms=2000, lossless=lossless) as pub:
+            if isinstance(options, VideoOptions):  # frames go straight into the send slot
+                options.frame_buffer = functools.partial(pub.loan, topic)
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
             # Wait for a reader of the data itself (a monitor of heartbeats does not count).
             if wait > 0 and not pub.wait_for_subscriber(wait, topic=topic.encode()):

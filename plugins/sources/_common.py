@@ -21,6 +21,18 @@ class WallClock:
         return t_mono + self.offset
 
 
+def decode_buffer(opts: VideoOptions, last: tuple[int, ...] | None) -> np.ndarray | None:
+    """Where to decode the next frame (the shape of the ``last`` one) when it will be sent
+    as it is: the publisher's next slot, so it is never copied. ``None``: let OpenCV
+    allocate (first frame, frames to resize or JPEG-encode, no buffer set)."""
+    if last is None:
+        return None
+    h, w = last[:2]
+    if (opts.width and opts.width != w) or (opts.height and opts.height != h):
+        return None  # resized later, into a buffer then
+    return opts.buffer(last)
+
+
 def video_sample(
     frame: np.ndarray,
     opts: VideoOptions,
@@ -34,7 +46,8 @@ def video_sample(
     h, w = frame.shape[:2]
     if (opts.width and opts.width != w) or (opts.height and opts.height != h):
         w, h = opts.width or w, opts.height or h
-        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        dst = opts.buffer((h, w, *frame.shape[2:]))
+        frame = cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
     fmt: PixelFormat = "gray8" if frame.ndim == 2 else "bgr8"
     header = VideoFrame(
         stream=opts.stream,

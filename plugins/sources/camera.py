@@ -14,7 +14,7 @@ from streamfuse.capture import SourceBase, VideoOptions
 from streamfuse.errors import DeviceNotFound, SourceError
 from streamfuse.messages import VideoFrame
 
-from ._common import WallClock, video_sample
+from ._common import WallClock, decode_buffer, video_sample
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class OpenCVCamera(SourceBase):
         self.opts = opts
         self._wall = WallClock()
         self._cap: Any = None
+        self._shape: tuple[int, ...] | None = None  # of the last frame: the next decodes in place
         self._next_due = 0  # media ns of the next frame to keep when --fps decimates a file
         if re.fullmatch(r"\d+|/dev/video\d+", arg):
             self.mode = "device"
@@ -119,9 +120,19 @@ class OpenCVCamera(SourceBase):
             return self._read_stream()
         return self._read_device()
 
+    def _retrieve(self) -> tuple[bool, Any]:
+        buf = decode_buffer(self.opts, self._shape)
+        ok, frame = self._cap.retrieve() if buf is None else self._cap.retrieve(buf)
+        if ok:
+            self._shape = frame.shape
+        return ok, frame
+
     def _read_file(self) -> list[tuple[VideoFrame, object]] | None:
         cv2 = self._cv2
-        ok, frame = self._cap.read()
+        buf = decode_buffer(self.opts, self._shape)
+        ok, frame = self._cap.read() if buf is None else self._cap.read(buf)
+        if ok:
+            self._shape = frame.shape
         if not ok:
             frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
             pos = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
@@ -144,7 +155,7 @@ class OpenCVCamera(SourceBase):
             time.sleep(0.1)
             return []
         t = time.monotonic_ns()
-        ok, frame = self._cap.retrieve()
+        ok, frame = self._retrieve()
         if not ok:
             self.fail("read_failed", f"camera {self.target}: retrieve failed")
             return []
@@ -155,7 +166,7 @@ class OpenCVCamera(SourceBase):
             ok = self._cap.grab()
             t = time.monotonic_ns()
             if ok:
-                ok, frame = self._cap.retrieve()
+                ok, frame = self._retrieve()
             if ok:
                 if self._gap_started is not None:
                     gap = (t - self._gap_started) / 1e9

@@ -49,7 +49,13 @@ class SyntheticCamera(SourceBase):
         t = self._t0 + int(self._n * NS / self.fps)
         if not self.opts.wait_until(t):
             return []
-        frame = np.roll(self._base, shift=(self._n * 4) % self.width, axis=1)
+        # the scrolled pattern, drawn straight into the publisher's slot where it has one
+        shift = (self._n * 4) % self.width
+        frame = self.opts.buffer(self._base.shape)
+        if frame is None:
+            frame = np.empty_like(self._base)
+        frame[:, shift:] = self._base[:, : self.width - shift]
+        frame[:, :shift] = self._base[:, self.width - shift :]
         cv2.putText(
             frame,
             str(self._n),

@@ -83,6 +83,35 @@ def test_video_file_is_decoded_and_published_frame_by_frame(
     assert np.all(t - pos == t[0] - pos[0])
 
 
+@pytest.mark.parametrize("resize", [False, True])
+def test_frames_decoded_into_shared_memory_are_each_the_frame_opencv_decodes(
+    tmp_path: Path, endpoint: str, children: Children, resize: bool
+) -> None:
+    """On ipc:// the camera decodes (or resizes) each frame straight into the publisher's
+    next shared-memory slot: every frame must still be exactly OpenCV's own decode."""
+    video = make_video(tmp_path / "moving.mp4", seconds=2, fps=24)  # testsrc: every frame new
+    cap = cv2.VideoCapture(str(video))
+    want = []
+    while (got := cap.read())[0]:
+        want.append(
+            cv2.resize(got[1], (256, 192), interpolation=cv2.INTER_AREA) if resize else got[1]
+        )
+    cap.release()
+    size = ["--width", "256", "--height", "192"] if resize else []  # 147 KB: over 64 KiB
+    with Subscriber(endpoint, ["video/"]) as sub:
+        proc = children.streamfuse(
+            "capture", "camera", "--source", str(video), "--topic", "video/front",
+            "--endpoint", endpoint, "--fast", "--wait-for-subscriber", "10", *size,
+        )  # fmt: skip
+        frames = collect(sub, len(want), timeout=30)
+        status, _out, err = children.wait(proc)
+    assert status == 0, err
+    assert len(frames) == len(want) == 48
+    assert sub.shm_received == 48 and not sub.rejected  # none went inline, none torn
+    for i, (f, ref) in enumerate(zip(frames, want, strict=True)):
+        assert np.array_equal(m.image_array(f), ref), f"frame {i} differs from OpenCV's decode"
+
+
 def test_file_plays_at_its_native_rate_by_default(
     tmp_path: Path, endpoint: str, children: Children
 ) -> None:
