@@ -25,12 +25,16 @@ def decode_buffer(opts: VideoOptions, last: tuple[int, ...] | None) -> np.ndarra
     """Where to decode the next frame (the shape of the ``last`` one) when it will be sent
     as it is: the publisher's next slot, so it is never copied. ``None``: let OpenCV
     allocate (first frame, frames to resize or JPEG-encode, no buffer set)."""
-    if last is None:
-        return None
-    h, w = last[:2]
-    if (opts.width and opts.width != w) or (opts.height and opts.height != h):
-        return None  # resized later, into a buffer then
+    if last is None or _resize_to(opts, *last[:2]) is not None:
+        return None  # a frame to resize goes into a buffer then, in video_sample
     return opts.buffer(last)
+
+
+def _resize_to(opts: VideoOptions, h: int, w: int) -> tuple[int, int] | None:
+    """The (width, height) a frame of ``h`` x ``w`` is resized to; ``None``: kept as is."""
+    if (opts.width and opts.width != w) or (opts.height and opts.height != h):
+        return opts.width or w, opts.height or h
+    return None
 
 
 def video_sample(
@@ -44,8 +48,8 @@ def video_sample(
     import cv2
 
     h, w = frame.shape[:2]
-    if (opts.width and opts.width != w) or (opts.height and opts.height != h):
-        w, h = opts.width or w, opts.height or h
+    if (size := _resize_to(opts, h, w)) is not None:
+        w, h = size
         dst = opts.buffer((h, w, *frame.shape[2:]))
         frame = cv2.resize(frame, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
     fmt: PixelFormat = "gray8" if frame.ndim == 2 else "bgr8"

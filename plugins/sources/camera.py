@@ -120,19 +120,18 @@ class OpenCVCamera(SourceBase):
             return self._read_stream()
         return self._read_device()
 
-    def _retrieve(self) -> tuple[bool, Any]:
+    def _decode(self, fetch: Any) -> tuple[bool, Any]:
+        """``fetch`` (the capture's ``read`` or ``retrieve``) into the publisher's next slot
+        where the frame will be sent as it is (see ``decode_buffer``)."""
         buf = decode_buffer(self.opts, self._shape)
-        ok, frame = self._cap.retrieve() if buf is None else self._cap.retrieve(buf)
+        ok, frame = fetch() if buf is None else fetch(buf)
         if ok:
             self._shape = frame.shape
         return ok, frame
 
     def _read_file(self) -> list[tuple[VideoFrame, object]] | None:
         cv2 = self._cv2
-        buf = decode_buffer(self.opts, self._shape)
-        ok, frame = self._cap.read() if buf is None else self._cap.read(buf)
-        if ok:
-            self._shape = frame.shape
+        ok, frame = self._decode(self._cap.read)
         if not ok:
             frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
             pos = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
@@ -155,7 +154,7 @@ class OpenCVCamera(SourceBase):
             time.sleep(0.1)
             return []
         t = time.monotonic_ns()
-        ok, frame = self._retrieve()
+        ok, frame = self._decode(self._cap.retrieve)
         if not ok:
             self.fail("read_failed", f"camera {self.target}: retrieve failed")
             return []
@@ -166,7 +165,7 @@ class OpenCVCamera(SourceBase):
             ok = self._cap.grab()
             t = time.monotonic_ns()
             if ok:
-                ok, frame = self._retrieve()
+                ok, frame = self._decode(self._cap.retrieve)
             if ok:
                 if self._gap_started is not None:
                     gap = (t - self._gap_started) / 1e9
