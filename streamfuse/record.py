@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import struct
 import threading
 import time
@@ -43,7 +44,7 @@ from mcap.writer import CompressionType, Writer
 
 from . import messages
 from .errors import SourceError
-from .messages import AudioWindow, Classification, VideoFrame
+from .messages import AudioWindow, Classification, Envelope, VideoFrame
 from .transport import Subscriber
 
 __all__ = [
@@ -279,27 +280,43 @@ def record(
 ) -> RecordSummary:
     """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``.
 
-    The subscription queue is unbounded (RCVHWM 0): a slow disk makes the recorder's memory
-    grow, never the publisher drop for it; anything lost upstream shows as sequence gaps in
-    the summary, per topic. Invalid messages are counted by reason and not recorded."""
+    One thread receives (and so takes frames out of their shared-memory slots, which a live
+    publisher reuses) as they arrive and queues them; this one writes. The queues are
+    unbounded (RCVHWM 0 and the hand-over): a slow disk makes the recorder's memory grow,
+    never a frame go missing for it; anything lost upstream shows as sequence gaps in the
+    summary, per topic. Invalid messages are counted by reason and not recorded."""
     start = time.monotonic()
-    rec = Recorder(out, compression=compression, foxglove=foxglove)
+    sub = Subscriber(endpoints, topics or [""], rcvhwm=0)
+    received: queue.SimpleQueue[tuple[Envelope, list[Any], int] | None] = queue.SimpleQueue()
 
-    def running() -> bool:
-        return not stop.is_set() and (duration is None or time.monotonic() - start < duration)
+    writer_done = threading.Event()
 
-    try:
-        with Subscriber(endpoints, topics or [""], rcvhwm=0) as sub:
-            while running():
-                got = sub.recv_raw(timeout=0.1)
-                if got is not None:
-                    rec.write(got[0].topic.decode(), got[1][1:], got[0].header, time.time_ns())
+    def receive() -> None:  # owns the socket until it ends
+        try:
+            while not (stop.is_set() or writer_done.is_set()) and (
+                duration is None or time.monotonic() - start < duration
+            ):
+                if (got := sub.recv_raw(timeout=0.1)) is not None:
+                    received.put((*got, time.time_ns()))
             while (got := sub.recv_raw(timeout=0)) is not None:  # what is queued goes in too
-                rec.write(got[0].topic.decode(), got[1][1:], got[0].header, time.time_ns())
-            lost = {t.decode(): st.gaps for t, st in sub.streams.items() if st.gaps}
-            rejected = dict(sub.rejected)
+                received.put((*got, time.time_ns()))
+        finally:
+            received.put(None)
+
+    rec = Recorder(out, compression=compression, foxglove=foxglove)
+    receiver = threading.Thread(target=receive, name="record-receive", daemon=True)
+    receiver.start()
+    try:
+        while (item := received.get()) is not None:
+            env, parts, log_time = item
+            rec.write(env.topic.decode(), parts[1:], env.header, log_time)
     finally:
+        writer_done.set()  # after a failed write, the receiver stops too
+        receiver.join()
+        sub.close()
         rec.close()
+    lost = {t.decode(): st.gaps for t, st in sub.streams.items() if st.gaps}
+    rejected = dict(sub.rejected)
     return RecordSummary(
         path=str(out),
         seconds=round(time.monotonic() - start, 3),

@@ -15,8 +15,10 @@ import signal
 import site
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -103,6 +105,53 @@ def test_live_replay_through_the_daemon_gives_the_golden_labels(tmp_path: Path) 
         (g["media_pos"], g["label"]) for g in golden
     ]
     assert not any(r["degraded"] for r in live)
+
+
+def test_a_slow_disk_costs_the_recorder_memory_not_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames arrive through shared memory, whose slots a live publisher reuses: the recorder
+    must take each frame out of its slot as it arrives, even while its disk stalls."""
+    import numpy as np
+
+    from streamfuse import record as rec_mod
+    from streamfuse.messages import VideoFrame
+    from streamfuse.transport import Publisher
+
+    real_write = rec_mod.Recorder.write
+
+    def stalled_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)  # a disk that takes 20 frames/s, a fifth of what arrives
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(rec_mod.Recorder, "write", stalled_write)
+    endpoint = f"ipc://{tmp_path}/cam"
+    out = tmp_path / "slow.mcap"
+    stop = threading.Event()
+    summary: list[Any] = []
+    rec = threading.Thread(
+        target=lambda: summary.append(
+            rec_mod.record([endpoint], ["video/"], out, stop, compression="none")
+        )
+    )
+    rng = np.random.default_rng(0)
+    with Publisher(endpoint, shm_slots=8) as pub:  # live: reuses slots, never waits
+        rec.start()
+        assert pub.wait_for_subscriber(10, b"video/front")
+        for i in range(60):  # ~100 frames/s of 230 KB
+            img = rng.integers(0, 255, (240, 320, 3), np.uint8)
+            pub.send("video/front", VideoFrame(stream="front", seq=i, t_capture=i + 1,
+                                               width=320, height=240), img)  # fmt: skip
+            time.sleep(0.01)
+        time.sleep(0.2)
+        stop.set()
+        rec.join(60)
+    assert summary and summary[0].written.get("video/front") == 60, summary
+    assert not summary[0].lost and not summary[0].rejected
+    got = read_recording(out)
+    assert [m.envelope().header.seq for m in got.messages if m.topic == "video/front"] == list(
+        range(60)
+    )
 
 
 def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> None:
