@@ -44,7 +44,7 @@ from multiprocessing.shared_memory import SharedMemory
 import msgspec
 import numpy as np
 
-from .errors import DecodeError
+from .errors import ConfigError, DecodeError
 
 __all__ = ["MIN_BYTES", "TAG", "Ring", "ShmReader", "ShmRef", "wanted"]
 
@@ -87,6 +87,8 @@ def wanted(endpoint: str, shm: bool | None) -> bool:
     env = os.environ.get("STREAMFUSE_SHM", "").strip().lower()
     if env in ("0", "off", "false", "no"):
         return False
+    if env not in ("", "1", "on", "auto", "true", "yes"):
+        raise ConfigError("STREAMFUSE_SHM", f"{env!r}: use 0/off, or 1/auto (the default)")
     return endpoint.startswith("ipc://")
 
 

@@ -18,8 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamfuse import messages as m
+from streamfuse.errors import ConfigError
 from streamfuse.shm import TAG
 from streamfuse.transport import Publisher, Subscriber
+
+from .helpers import run_cli
 
 pytestmark = [
     pytest.mark.integration,
@@ -283,3 +286,37 @@ def test_a_reader_that_keeps_up_keeps_the_ring_small_in_memory(
     # 64 slots of 230 KB reserved, but tmpfs holds only the pages written: two slots' worth
     assert st.st_size > 60 * W * H * 3
     assert st.st_blocks * 512 <= 3 * W * H * 3
+
+
+def test_a_bad_shm_setting_or_a_foreign_segment_is_named(
+    endpoint: str, zctx: zmq.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMFUSE_SHM", "maybe")
+    with pytest.raises(ConfigError, match=r"STREAMFUSE_SHM.*'maybe'"):
+        Publisher(endpoint, context=zctx)
+    res = run_cli(
+        "capture", "camera", "--source", "synthetic", "--topic", "video/x",
+        "--endpoint", endpoint, "--max-messages", "1", env={"STREAMFUSE_SHM": "maybe"},
+    )  # fmt: skip
+    assert res.returncode != 0 and "STREAMFUSE_SHM" in res.stderr
+    assert "Traceback" not in res.stderr
+    monkeypatch.delenv("STREAMFUSE_SHM")
+    # a segment with a streamfuse-looking name but other contents: rejected, not trusted
+    from multiprocessing.shared_memory import SharedMemory
+
+    foreign = SharedMemory(name=f"sf-{os.getpid()}-0badf00d", create=True, size=4096)
+    foreign.buf[:] = os.urandom(4096)
+    raw = zctx.socket(zmq.PUB)
+    raw.bind(endpoint)
+    try:
+        with Subscriber(endpoint, context=zctx) as sub:
+            ref = msgpack.packb([foreign.name, 0, 1, 10])
+            deadline = time.monotonic() + 5
+            while not sub.rejected and time.monotonic() < deadline:
+                raw.send_multipart([b"video/front", m.encode(frame(1)[0]), TAG, ref])
+                assert sub.recv(timeout=0.02) is None
+        assert dict(sub.rejected) == {"malformed": sub.rejected["malformed"]} and sub.rejected
+    finally:
+        raw.close(linger=0)
+        foreign.close()
+        foreign.unlink()
