@@ -67,6 +67,12 @@ EMULATED = (
 )
 
 
+def test_lockstep_with_an_unknown_backend_names_the_installed_ones() -> None:
+    res = run_cli("replay", str(SESSION), "--lockstep", "--backend", "nope")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "unknown backend 'nope'" in res.stderr and "'reference'" in res.stderr
+
+
 @pytest.mark.skipif(
     platform.machine() != "x86_64" or QEMU is None,
     reason="needs an x86-64 box with qemu-x86_64 (apt install qemu-user)",
