@@ -4,6 +4,13 @@ The core package imports no camera, audio or deep-learning library; those live i
 ``streamfuse_plugins`` and load when a source, model or backend is asked for.
 """
 
+import os as _os
+
+# ONNX Runtime >= 1.29 sends usage telemetry from Linux by default (and leaves a ``.ses``
+# file in $TMPDIR). An edge daemon talks to no one it was not told to: off unless the user
+# set the variable (ORT_DISABLE_TELEMETRY=0 allows it). Read when ONNX Runtime loads.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from .capture import AudioOptions, VideoOptions, open_source, run_capture
 from .client import Client
 from .errors import (

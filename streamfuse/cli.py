@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -32,11 +33,18 @@ def _setup_logging(verbose: int) -> None:
     )
 
 
-def install_stop_handlers() -> threading.Event:
+class StopEvent(threading.Event):
+    """Set by SIGINT/SIGTERM; ``signal`` names the one that came (None: not a signal)."""
+
+    signal: str | None = None
+
+
+def install_stop_handlers() -> StopEvent:
     """SIGINT and SIGTERM set the returned event; the loops watching it end cleanly."""
-    stop = threading.Event()
+    stop = StopEvent()
 
     def handler(signum: int, frame: object) -> None:
+        stop.signal = signal.Signals(signum).name
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -51,7 +59,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except StreamfuseError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {' '.join(str(err).split())}", err=True)  # always one line
             ctx.exit(2)
 
 
@@ -61,6 +69,9 @@ class _Group(click.Group):
 def main(verbose: int) -> None:
     """streamfuse: camera + microphone -> synchronized fusion inference over ZeroMQ."""
     _setup_logging(verbose)
+    # OpenCV logs its own multi-line warnings (a missing V4L2 index: two of them) before our
+    # one-line error; keep its errors only (read at cv2's first import, which is lazy).
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "DEBUG" if verbose > 1 else "ERROR")
 
 
 @main.group()
@@ -292,20 +303,25 @@ def demo(digits: int, seed: int, as_json: bool) -> None:
     """
     from rich.console import Console
     from rich.live import Live
-    from streamfuse_plugins.demo.session import demo_session, score
+    from streamfuse_plugins.demo.session import demo_line, demo_session, demo_table, score
 
     from .config import load_config
     from .messages import Classification
     from .supervisor import Supervisor
-    from .view import demo_table, latency_summary
+    from .view import latency_summary
 
     if digits < 1:
         raise ConfigError("--digits", f"must be >= 1, got {digits}")
     stop = install_stop_handlers()
     console = Console(stderr=as_json)
+    live_table = console.is_terminal
+
+    def say(text: str) -> None:  # plain lines: never wrapped mid-URL, flushed at once
+        click.echo(text, err=as_json)
+
     results: list[Classification] = []
     with tempfile.TemporaryDirectory(prefix="streamfuse-demo-") as tmp:
-        console.print(f"generating {digits} s of video + speech ...")
+        say(f"generating {digits} s of video (640x480, 30 fps) + speech ...")
         session = demo_session(Path(tmp), n=digits, seed=seed)
         cfg = load_config(
             None,
@@ -317,21 +333,27 @@ def demo(digits: int, seed: int, as_json: bool) -> None:
             },
         )
         sup = Supervisor(cfg, until_eof=True)
-        console.print(
-            f"camera {session.video.name} + microphone {session.audio.name} -> engine -> "
-            f"{cfg.engine.output}; metrics on http://127.0.0.1:{cfg.http.port}/metrics"
-        )
-        table = demo_table(results, session.digits)
-        with Live(table, console=console, refresh_per_second=8) as live:
+        say(f"camera {session.video.name} + microphone {session.audio.name} -> engine")
+        say(f"results on {cfg.engine.output}")
+        say(f"metrics on http://127.0.0.1:{cfg.http.port}/metrics")
+        say("starting the camera, microphone and engine processes ...")
+        if live_table:
+            with Live(demo_table(results, session.digits), console=console) as live:
 
-            def on_result(c: Classification) -> None:
+                def on_table(c: Classification) -> None:
+                    results.append(c)
+                    live.update(demo_table(results, session.digits))
+
+                sup.on_result = on_table
+                status = sup.run(stop)
+        else:
+
+            def on_line(c: Classification) -> None:
                 results.append(c)
-                live.update(demo_table(results, session.digits))
+                say(demo_line(c, session.digits))
 
-            sup.on_result = on_result
+            sup.on_result = on_line
             status = sup.run(stop)
-        if not console.is_terminal:
-            console.print()
     if sup.failure:
         raise StreamfuseError(sup.failure)
     report = {**score(results, session.digits), **latency_summary(results), "status": status}
@@ -381,13 +403,15 @@ def devices(as_json: bool) -> None:
 def _add_model_commands() -> None:
     from .modelcli import backends, build_engine, evaluate, export, train
     from .recordcli import record, recover, replay
-    from .runcli import engine, run
+    from .runcli import config_group, engine, run, systemd_unit
 
     main.add_command(record)
     main.add_command(replay)
     main.add_command(recover)
     main.add_command(run)
     main.add_command(engine)
+    main.add_command(config_group)
+    main.add_command(systemd_unit)
     main.add_command(backends)
     main.add_command(build_engine)
     main.add_command(train)

@@ -2,7 +2,8 @@
 
 Every section has defaults, so an empty file (or none) runs the demo pipeline: one
 synthetic camera, one synthetic microphone, the shipped model on the best backend here.
-``configs/streamfuse.yaml`` lists every setting with its default.
+``streamfuse config defaults`` prints every setting with its default and meaning, generated
+from the typed schema below (``configs/streamfuse.yaml`` is its output).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -25,6 +26,7 @@ __all__ = [
     "MicConfig",
     "RunConfig",
     "SyncSection",
+    "defaults_yaml",
     "load_config",
 ]
 
@@ -33,70 +35,133 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+def _opt(description: str, **bounds: Any) -> Any:
+    """Field metadata: what it means (the defaults file's comment) and its valid range."""
+    return msgspec.Meta(description=description, **bounds)
+
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Source = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Millis = Annotated[float, msgspec.Meta(ge=-60_000.0, le=60_000.0)]
+Delay = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
+
+
 class CameraConfig(_Section):
-    name: str = "front"
-    """Stream id; the camera publishes on topic ``video/<name>``."""
-    source: str = "synthetic"
-    """Device index, video file, stream URL, or ``synthetic``."""
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    jpeg: int | None = None
-    """Publish JPEG at this quality instead of raw pixels (for remote links)."""
+    name: Annotated[Name, _opt("stream id; the camera publishes on topic video/<name>")] = "front"
+    source: Annotated[
+        Source, _opt("device index (0), video file, http/rtsp/udp URL, synthetic")
+    ] = "synthetic"
+    fps: (
+        Annotated[float, _opt("synthetic/devices: frame rate; files: decimate", gt=0, le=1000)]
+        | None
+    ) = None
+    width: (
+        Annotated[int, _opt("resize frames to this width (null: as captured)", ge=16, le=16384)]
+        | None
+    ) = None
+    height: Annotated[int, _opt("and this height", ge=16, le=16384)] | None = None
+    jpeg: (
+        Annotated[int, _opt("publish JPEG at this quality instead of raw pixels", ge=1, le=100)]
+        | None
+    ) = None
 
 
 class MicConfig(_Section):
-    name: str = "mic0"
-    source: str = "synthetic"
-    """PortAudio device name or index, audio file, or ``synthetic``."""
-    rate: int = 16_000
-    window_ms: float = 1000.0
-    hop_ms: float = 500.0
+    name: Annotated[Name, _opt("stream id; topic audio/<name>")] = "mic0"
+    source: Annotated[
+        Source, _opt("PortAudio device name or index (pulse, 2), audio file, synthetic")
+    ] = "synthetic"
+    rate: Annotated[int, _opt("sample rate, Hz", ge=1000, le=384_000)] = 16_000
+    window_ms: Annotated[float, _opt("the model's window", ge=10.0, le=10_000.0)] = 1000.0
+    hop_ms: Annotated[
+        float, _opt("one classification per camera every hop", ge=10.0, le=10_000.0)
+    ] = 500.0
 
 
 class SyncSection(_Section):
-    policy: Literal["nearest-center", "k-frames"] = "nearest-center"
-    tolerance_ms: float = 50.0
-    max_wait_ms: float = 200.0
-    offsets_ms: dict[str, float] = msgspec.field(default_factory=dict)
-    """Per topic: how late that sensor's clock runs (subtracted from its times)."""
+    policy: Annotated[Literal["nearest-center", "k-frames"], _opt("nearest-center or k-frames")] = (
+        "nearest-center"
+    )
+    tolerance_ms: Annotated[
+        float, _opt("a frame farther from the window centre is not paired", ge=0.0, le=10_000.0)
+    ] = 50.0
+    max_wait_ms: Annotated[
+        float, _opt("an incomplete window leaves this late, degraded", ge=0.0, le=60_000.0)
+    ] = 200.0
+    offsets_ms: Annotated[
+        dict[str, Millis], _opt("per topic, how late its clock runs, e.g. {video/front: 40}")
+    ] = msgspec.field(default_factory=dict)
 
 
 class EngineConfig(_Section):
-    backend: str = "auto"
-    model: str | None = None
-    """ONNX model with streamfuse metadata; default: the one shipped with the package."""
-    device: str | None = None
-    """For a named backend: ``cpu``, ``cuda`` or ``cuda:N`` (``auto`` picks its own)."""
-    precision: Literal["fp32", "fp16", "int8"] | None = None
-    max_batch: int = 8
-    output: str = "tcp://127.0.0.1:5560"
-    """Where classifications are published (robotics apps connect here)."""
-    sndhwm: int = 100
-    """Per subscriber: classifications queued before a slow one starts losing them."""
-    mic_timeout_ms: float = 2500.0
-    """With no audio for this long, classify frames alone (``degraded``, audio missing)."""
-    threads: int | None = None
+    backend: Annotated[
+        str, _opt("auto | onnxruntime | torch | tensorrt (streamfuse backends)", min_length=1)
+    ] = "auto"
+    model: (
+        Annotated[str, _opt("ONNX with streamfuse metadata; null: the shipped model", min_length=1)]
+        | None
+    ) = None
+    device: (
+        Annotated[
+            str,
+            _opt("for a named backend: cpu | cuda | cuda:N", pattern=r"^(cpu|cuda(:[0-9]{1,2})?)$"),
+        ]
+        | None
+    ) = None
+    precision: (
+        Annotated[
+            Literal["fp32", "fp16", "int8"], _opt("fp32 | fp16 | int8; null: the backend's default")
+        ]
+        | None
+    ) = None
+    max_batch: Annotated[int, _opt("most samples in one inference", ge=1, le=256)] = 8
+    output: Annotated[
+        str,
+        _opt(
+            "where classifications are published (topic result/<camera>)",
+            pattern=r"^(tcp|ipc)://.+",
+        ),
+    ] = "tcp://127.0.0.1:5560"
+    sndhwm: Annotated[
+        int, _opt("per subscriber: results queued before a slow one loses some", ge=1, le=1_000_000)
+    ] = 100
+    mic_timeout_ms: Annotated[
+        float, _opt("no audio this long: classify frames alone, degraded", ge=0.0, le=600_000.0)
+    ] = 2500.0
+    threads: (
+        Annotated[int, _opt("CPU threads for the runtime (null: its own choice)", ge=1, le=1024)]
+        | None
+    ) = None
 
 
 class HttpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 9464
-    """``/healthz`` and ``/metrics``; 0 turns the server off."""
+    host: Annotated[str, _opt("address of /healthz and /metrics", min_length=1)] = "127.0.0.1"
+    port: Annotated[int, _opt("/healthz and /metrics; 0 turns the server off", ge=0, le=65535)] = (
+        9464
+    )
 
 
 class RunConfig(_Section):
-    cameras: list[CameraConfig] = msgspec.field(default_factory=lambda: [CameraConfig()])
+    cameras: Annotated[
+        list[CameraConfig], _opt("one capture process per camera", max_length=64)
+    ] = msgspec.field(default_factory=lambda: [CameraConfig()])
     mic: MicConfig = msgspec.field(default_factory=MicConfig)
     sync: SyncSection = msgspec.field(default_factory=SyncSection)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
-    run_dir: str = ""
-    """Where the sensors' ipc:// endpoints live (default: a fresh folder under /tmp)."""
-    restart_backoff_s: tuple[float, float] = (0.5, 10.0)
-    """A crashed child restarts after the first delay, doubling up to the second."""
-    hang_timeout_s: float = 10.0
-    """A running child silent this long (no heartbeat) is killed and restarted; 0: never."""
+    run_dir: Annotated[
+        str,
+        _opt('where the sensors\' ipc:// endpoints live; "": a fresh /tmp folder', max_length=80),
+    ] = ""
+    restart_backoff_s: Annotated[
+        tuple[Delay, Delay], _opt("first and largest delay before restarting a crashed child")
+    ] = (
+        0.5,
+        10.0,
+    )
+    hang_timeout_s: Annotated[
+        float, _opt("a child silent this long is killed and restarted; 0: never", ge=0.0, le=3600.0)
+    ] = 10.0
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.cameras]
@@ -104,13 +169,20 @@ class RunConfig(_Section):
             raise ConfigError("cameras", "list at least one camera")
         if len(set(names)) != len(names):
             raise ConfigError("cameras", f"camera names must differ, got {names}")
-        for i, cam in enumerate(self.cameras):
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", cam.name):
-                raise ConfigError(f"cameras[{i}].name", f"{cam.name!r}: use letters, digits, _ . -")
-        if self.hang_timeout_s < 0:
-            raise ConfigError("hang_timeout_s", f"must be >= 0, got {self.hang_timeout_s}")
-        if not 1 <= self.engine.max_batch <= 256:
-            raise ConfigError("engine.max_batch", f"must be 1..256, got {self.engine.max_batch}")
+        low, high = self.restart_backoff_s
+        if low > high:
+            raise ConfigError(
+                "restart_backoff_s", f"the first delay {low} exceeds the largest {high}"
+            )
+        if self.mic.hop_ms > self.mic.window_ms:
+            raise ConfigError(
+                "mic.hop_ms", f"{self.mic.hop_ms} is longer than window_ms {self.mic.window_ms}"
+            )
+        _check_endpoint("engine.output", self.engine.output)
+        # Sensor endpoints are ipc://<run_dir>/<topic>; "" becomes /tmp/streamfuse-XXXXXXXX.
+        run_dir = self.run_dir or "/tmp/streamfuse-XXXXXXXX"
+        for topic in (*(self.camera_topic(c) for c in self.cameras), self.mic_topic):
+            _check_endpoint("run_dir", f"ipc://{run_dir}/{topic.replace('/', '-')}")
 
     # --- derived -------------------------------------------------------------------
 
@@ -135,6 +207,17 @@ class RunConfig(_Section):
         )
 
 
+def _check_endpoint(field: str, endpoint: str) -> None:
+    """A tcp:// endpoint names a port 1-65535 (or ``*``); an ipc:// path fits a socket path."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme == "tcp":
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise ConfigError(field, f"{endpoint!r}: use tcp://HOST:PORT with PORT 1-65535")
+    elif len(rest.encode()) > 107:
+        raise ConfigError(field, f"{endpoint!r}: an ipc path is at most 107 bytes")
+
+
 def _explain(exc: msgspec.ValidationError, file: str) -> ConfigError:
     """``Object contains unknown field `fpss` - at `$.cameras[0]``` -> field cameras[0].fpss."""
     text = str(exc)
@@ -143,7 +226,7 @@ def _explain(exc: msgspec.ValidationError, file: str) -> ConfigError:
     unknown = re.match(r"Object contains unknown field `([^`]+)`", problem)
     if unknown:
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-        problem = "unknown setting (see configs/streamfuse.yaml for the known ones)"
+        problem = "unknown setting (`streamfuse config defaults` lists every setting)"
     return ConfigError(path or "config", problem, file=file)
 
 
@@ -151,7 +234,8 @@ def load_config(
     path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
     """Read and validate ``path`` (YAML or JSON; None: all defaults), then apply overrides
-    (``{"camera": SRC, "mic": SRC}`` replace the first camera's and the mic's source)."""
+    (``{"camera": SRC, "mic": SRC}`` replace the first camera's and the mic's source) and
+    validate the result again, so a flag is held to the same ranges as the file."""
     file = str(path) if path else "defaults"
     raw: Any = {}
     if path:
@@ -162,15 +246,12 @@ def load_config(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError("--config", f"{path} cannot be read: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError("--config", f"{path} is not valid YAML: {_one_line(exc)}") from None
+        except RecursionError:
+            raise ConfigError("--config", f"{path} is nested too deeply to be a config") from None
         if not isinstance(raw, dict):
             raise ConfigError("--config", f"{path} must hold a mapping of settings")
-    try:
-        cfg = msgspec.convert(raw, RunConfig)
-    except msgspec.ValidationError as exc:
-        raise _explain(exc, file) from None
-    except ConfigError as err:
-        raise ConfigError(err.field, err.problem, file=file) from None
+    cfg = _convert(raw, file)
     overrides = overrides or {}
     if overrides.get("camera"):
         cfg.cameras[0].source = overrides["camera"]
@@ -180,11 +261,101 @@ def load_config(
         cfg.engine.output = overrides["output"]
     if overrides.get("http_port") is not None:
         cfg.http.port = overrides["http_port"]
-    if not cfg.run_dir:
-        import tempfile
-
-        cfg.run_dir = tempfile.mkdtemp(prefix="streamfuse-")
+    if any(v is not None for v in overrides.values()):
+        cfg = validate(cfg, f"{file} with command-line overrides")
     return cfg
+
+
+def validate(cfg: RunConfig, what: str) -> RunConfig:
+    """Check a config changed after loading (a resolved run_dir) against the same rules."""
+    return _convert(msgspec.to_builtins(cfg), what)
+
+
+def _convert(raw: Any, file: str) -> RunConfig:
+    try:
+        return msgspec.convert(raw, RunConfig)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, file) from None
+    except ConfigError as err:
+        raise ConfigError(err.field, err.problem, file=file) from None
+    except RecursionError:
+        raise ConfigError("config", "nested too deeply", file=file) from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def defaults_yaml() -> str:
+    """Every setting with its default, meaning and range, as a commented YAML file that
+    ``load_config`` reads back to the defaults (``streamfuse config defaults``)."""
+    lines = [
+        "# streamfuse run --config FILE: every setting with its default",
+        "# (printed by `streamfuse config defaults`, generated from the typed schema).",
+        "# Unknown keys are errors naming the key and the file; [a..b] is a setting's valid range.",
+        "",
+    ]
+    _emit(RunConfig(), lines, indent="")
+    return "\n".join(lines) + "\n"
+
+
+def _emit(section: msgspec.Struct, lines: list[str], indent: str, first: str = "") -> None:
+    info = msgspec.inspect.type_info(type(section))
+    assert isinstance(info, msgspec.inspect.StructType)
+    for i, f in enumerate(info.fields):
+        value = getattr(section, f.name)
+        lead = first if i == 0 and first else indent
+        note = _note(f.type)
+        if isinstance(value, msgspec.Struct):
+            lines.append(_commented(f"{lead}{f.name}:", note))
+            _emit(value, lines, indent + "  ")
+        elif isinstance(value, list) and value and isinstance(value[0], msgspec.Struct):
+            lines.append(_commented(f"{lead}{f.name}:", note))
+            for item in value:
+                _emit(item, lines, indent + "    ", first=indent + "  - ")
+        else:
+            lines.append(_commented(f"{lead}{f.name}: {_scalar(value)}", note))
+        if not indent:
+            lines.append("")
+
+
+def _commented(text: str, note: str) -> str:
+    return f"{text:<28}  # {note}" if note else text
+
+
+def _scalar(value: Any) -> str:
+    flow = yaml.safe_dump(msgspec.to_builtins(value), default_flow_style=True, width=1000)
+    return flow.strip().removesuffix("...").strip()
+
+
+def _note(t: Any) -> str:
+    """A field's description and range from its msgspec metadata."""
+    description, bounds = "", ""
+    for part in _flatten(t):
+        if isinstance(part, msgspec.inspect.Metadata):
+            description = (part.extra_json_schema or {}).get("description", description)
+        low = getattr(part, "ge", None) if getattr(part, "gt", None) is None else part.gt
+        high = getattr(part, "le", None) if getattr(part, "lt", None) is None else part.lt
+        if low is not None and high is not None:
+            opening = "[" if getattr(part, "gt", None) is None else "("
+            bounds = f" {opening}{_number(low)}..{_number(high)}]"
+    return description + bounds
+
+
+def _number(x: float) -> str:
+    if not float(x).is_integer():
+        return f"{x:g}"
+    return f"{int(x):_}" if abs(x) >= 100_000 else str(int(x))
+
+
+def _flatten(t: Any) -> list[Any]:
+    if isinstance(t, msgspec.inspect.Metadata):
+        return [t, *_flatten(t.type)]
+    if isinstance(t, msgspec.inspect.UnionType):
+        return [p for member in t.types for p in _flatten(member)]
+    if isinstance(t, msgspec.inspect.TupleType):
+        return [p for member in t.item_types[:1] for p in _flatten(member)]
+    return [t]
 
 
 def dump_config(cfg: RunConfig) -> bytes:

@@ -314,6 +314,11 @@ class Engine:
             last_error=self.stats.last_error,
             state=state,  # type: ignore[arg-type]
             depths=self.sync.depths(),
+            received={
+                t.decode(errors="replace"): st.received
+                for t, st in sub.streams.items()
+                if not t.startswith(b"heartbeat/")
+            },
         )
 
 

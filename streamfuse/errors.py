@@ -49,16 +49,17 @@ class EndpointError(StreamfuseError):
 
 
 class DeviceNotFound(StreamfuseError):
-    """A capture device named on the command line or in a config does not exist."""
+    """A capture device named on the command line or in a config does not exist. The
+    message is one line; ``available`` holds what there is (``streamfuse devices``)."""
 
     def __init__(self, kind: str, wanted: str, available: Iterable[str]) -> None:
         self.kind = kind
         self.wanted = wanted
         self.available = list(available)
-        listing = (
-            "\n".join(f"  {d}" for d in self.available) if self.available else "  (none found)"
+        found = f"{len(self.available)} found" if self.available else "none found"
+        super().__init__(
+            f"no {kind} {wanted!r} on this machine ({found}; `streamfuse devices` lists them)"
         )
-        super().__init__(f"no {kind} {wanted!r}; the {kind}s on this machine are:\n{listing}")
 
 
 class SourceError(StreamfuseError):

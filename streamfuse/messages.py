@@ -166,6 +166,8 @@ class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
     """``eof`` in the last heartbeat of a file source that reached its end."""
     depths: dict[str, int] = msgspec.field(default_factory=dict)
     """Queue depths (the engine's synchronizer queues, by stream)."""
+    received: dict[str, int] = msgspec.field(default_factory=dict)
+    """Messages received, by input topic (the engine's; empty for a sensor)."""
 
 
 Message: TypeAlias = VideoFrame | AudioWindow | Classification | Heartbeat

@@ -10,7 +10,19 @@ from typing import Any
 import click
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, StreamfuseError
+
+
+def _need_torch(command: str) -> None:
+    """The model commands need torch, which the runtime install leaves out: say how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise StreamfuseError(
+            f"`streamfuse {command}` needs torch, which is not installed: pip install "
+            "'streamfuse[train]' (without CUDA, first the CPU build: pip install torch "
+            "--index-url https://download.pytorch.org/whl/cpu)"
+        )
 
 
 def load_train_config(path: str | None, overrides: dict[str, Any]) -> Any:
@@ -69,6 +81,7 @@ def train(
     as_json: bool,
 ) -> None:
     """Train the fusion model; write model.pt, model.onnx and model_card.json."""
+    _need_torch("train")
     from streamfuse_plugins.models.export import export_onnx
     from streamfuse_plugins.models.train import load_checkpoint, run_training
 
@@ -144,6 +157,7 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Leave-one-speaker-out: per-modality and fused accuracy, clean, degraded, and blanked."""
+    _need_torch("eval")
     from streamfuse_plugins.models.data import FSDD_SPEAKERS
     from streamfuse_plugins.models.train import CONDITIONS, leave_one_speaker_out
 
@@ -233,6 +247,7 @@ def _targets(mean: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
 def export(checkpoint: str, out: str, as_json: bool) -> None:
     """Export a checkpoint to ONNX (opset 17, dynamic batch), checked against torch; the
     checkpoint is copied beside it (``.pt``) for the torch backend."""
+    _need_torch("export")
     from streamfuse_plugins.models.export import export_onnx
     from streamfuse_plugins.models.train import load_checkpoint
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
 
 import click
 import msgspec
@@ -27,6 +29,27 @@ def describe(c: Classification) -> str:
     if c.degraded:
         line += f"  DEGRADED: missing {', '.join(c.missing)}"
     return line
+
+
+def describe_summary(s: dict[str, Any]) -> str:
+    """The exit block of ``streamfuse run``: one row per sensor stream, then the results."""
+    why = f"{s['ended']} by {s['signal']}" if s.get("signal") else s["ended"]
+    lines = [f"streamfuse: {why} after {s['uptime_s']:.1f} s"]
+    lines.append(f"  {'stream':<20}{'sent':>8}{'received':>10}{'rate':>10}  drops")
+    for topic, st in s["streams"].items():
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(st["drops"].items())) or "none"
+        lines.append(
+            f"  {topic:<20}{st['sent']:>8}{st['received']:>10}{st['rate_hz']:>8.1f}/s  {drops}"
+        )
+    res = s["results"]
+    engine_drops = ", ".join(f"{k}={v}" for k, v in sorted(s["engine_drops"].items()))
+    lines.append(
+        f"  results published {res['published']}"
+        + (f"; engine drops {engine_drops}" if engine_drops else "; engine drops none")
+    )
+    restarts = ", ".join(f"{k} {v}" for k, v in s["restarts"].items() if v) or "none"
+    lines.append(f"  restarts: {restarts}")
+    return "\n".join(lines)
 
 
 @click.command()
@@ -82,6 +105,11 @@ def run(
         err=True,
     )
     status = sup.run(stop)
+    summary = {**sup.summary(), "signal": stop.signal}
+    if as_json:
+        click.echo(json.dumps({"summary": summary}), err=True)
+    else:
+        click.echo(describe_summary(summary), err=True)
     if sup.failure:
         click.echo(f"error: {sup.failure}", err=True)
     sys.exit(status)
@@ -100,6 +128,51 @@ def engine(config_path: str, until_eof: bool) -> None:
     eng = Engine(cfg)
     ended = eng.run(stop, until_eof=until_eof)
     log.info("engine %s after %d classifications", ended, eng.stats.published)
+
+
+@click.group("config")
+def config_group() -> None:
+    """The daemon's configuration file."""
+
+
+@config_group.command("defaults")
+def config_defaults() -> None:
+    """Print every setting with its default, meaning and range (a valid config file)."""
+    from .config import defaults_yaml
+
+    click.echo(defaults_yaml(), nl=False)
+
+
+@click.command("systemd-unit")
+@click.option(
+    "--exec",
+    "exec_path",
+    default=None,
+    help="The streamfuse executable (default: this one).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default="/etc/streamfuse/streamfuse.yaml",
+    show_default=True,
+    help="The config the service runs with.",
+)
+def systemd_unit(exec_path: str | None, config_path: str) -> None:
+    """Print a hardened systemd unit (Type=notify, watchdog) for this installation."""
+    click.echo(render_systemd_unit(exec_path, config_path), nl=False)
+
+
+def render_systemd_unit(exec_path: str | None, config_path: str) -> str:
+    """The packaged unit with ExecStart pointing at ``exec_path`` (default: the streamfuse
+    script beside this interpreter, else ``python -m streamfuse``)."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    if exec_path is None:
+        script = Path(sys.executable).with_name("streamfuse")
+        exec_path = str(script) if script.exists() else f"{sys.executable} -m streamfuse"
+    template = files("streamfuse").joinpath("streamfuse.service").read_text()
+    return template.replace("@EXEC@", exec_path).replace("@CONFIG@", config_path)
 
 
 def _preflight(cfg: RunConfig) -> None:

@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, dump_config
+from .config import RunConfig, dump_config, validate
 from .engine import RESULT_PREFIX
-from .errors import EndpointError
+from .errors import ConfigError, EndpointError
 from .messages import Classification, Heartbeat
+from .rundir import RunDir
 from .transport import Subscriber
 
 __all__ = ["Supervisor", "sd_notify"]
@@ -168,8 +168,17 @@ class Supervisor:
         self.result_counts: dict[str, int] = {}
         self.ready = False
         self.failure: str | None = None
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        self.config_file = Path(cfg.run_dir) / "config.json"
+        self.ended = "not started"
+        """Why :meth:`run` returned: ``eof``, ``stopped`` (a signal or the caller) or ``failed``."""
+        self.started_at = time.monotonic()
+        self.run_dir = RunDir(cfg.run_dir)
+        cfg.run_dir = str(self.run_dir.path)
+        try:  # a long $TMPDIR can push the sensors' ipc paths past the socket limit
+            validate(cfg, f"the run folder {cfg.run_dir}")
+        except ConfigError:
+            self.run_dir.close()
+            raise
+        self.config_file = self.run_dir.path / "config.json"
         self.config_file.write_bytes(dump_config(cfg))
         self.children = self._plan()
         self.metrics = _Metrics(self)
@@ -226,8 +235,16 @@ class Supervisor:
 
     def run(self, stop: threading.Event) -> int:
         """Run until ``stop`` (or, with ``until_eof``, the engine's last classification).
-        Returns the exit status: 0, or 1 when a child failed in a way that ends the run."""
+        Returns the exit status: 0, or 1 when a child failed in a way that ends the run.
+        The run folder is removed on the way out, whatever the way."""
+        try:
+            return self._run(stop)
+        finally:
+            self.run_dir.close()
+
+    def _run(self, stop: threading.Event) -> int:
         cfg = self.cfg
+        self.started_at = time.monotonic()
         if cfg.http.port:
             self._serve_http()
         endpoints = [cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())]
@@ -237,13 +254,15 @@ class Supervisor:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
         last_ping = 0.0
         status = 0
+        self.ended = "stopped"
         try:
             while not stop.is_set():
                 env = monitor.recv(timeout=0.05)
                 if env is not None and self._observe(env.topic.decode(), env.header):
-                    break  # the engine said eof: everything has been classified
+                    self.ended = "eof"  # the engine said eof: everything has been classified
+                    break
                 if not self._tend_children():
-                    status = 1
+                    status, self.ended = 1, "failed"
                     break
                 now = time.monotonic()
                 if watchdog_s and self.healthy() and now - last_ping >= watchdog_s:
@@ -252,8 +271,40 @@ class Supervisor:
         finally:
             sd_notify("STOPPING=1")
             self._stop_children()
+            # The children's last heartbeats (their final counts) are queued by now.
+            while (env := monitor.recv(timeout=0.05)) is not None:
+                if isinstance(env.header, Heartbeat):
+                    self._observe(env.topic.decode(), env.header)
             monitor.close()
         return status
+
+    def summary(self) -> dict[str, Any]:
+        """What the run did, from the last heartbeat of every process: per sensor stream
+        sent, received by the engine, rate and drops by reason; results; restarts; uptime."""
+        engine = self.heartbeats.get(RESULT_PREFIX)
+        received = engine.received if engine is not None else {}
+        streams = {}
+        for topic in self._sensor_topics():
+            hb = self.heartbeats.get(topic)
+            up = hb.uptime_ns / 1e9 if hb is not None else 0.0
+            streams[topic] = {
+                "sent": hb.sent if hb is not None else 0,
+                "received": received.get(topic, 0),
+                "rate_hz": round(hb.sent / up, 2) if hb is not None and up > 0 else 0.0,
+                "drops": dict(hb.drops) if hb is not None else {},
+            }
+        return {
+            "ended": self.ended,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "streams": streams,
+            "results": {
+                "published": engine.sent if engine is not None else 0,
+                "seen": sum(self.result_counts.values()),
+                "by_camera": dict(self.result_counts),
+            },
+            "engine_drops": dict(engine.drops) if engine is not None else {},
+            "restarts": {c.name: c.restarts for c in self.children},
+        }
 
     def _sensor_topics(self) -> list[str]:
         return [*(self.cfg.camera_topic(c) for c in self.cfg.cameras), self.cfg.mic_topic]

@@ -7,7 +7,10 @@ what it rejects and the sequence gaps it sees, and never raises on bad input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -34,6 +37,25 @@ log = logging.getLogger(__name__)
 def heartbeat_topic(topic: str) -> str:
     """The topic a process publishes its heartbeats on, for data topic ``topic``."""
     return f"heartbeat/{topic}"
+
+
+def _socket_file(endpoint: str) -> tuple[str, int] | None:
+    """The path and inode of the socket file a bound ``ipc://`` endpoint made."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    path = endpoint.removeprefix("ipc://")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (path, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+
+
+def _unlink_socket(path: str, inode: int) -> None:
+    """Remove the socket file we bound, unless another publisher has since bound there."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> None:
@@ -91,6 +113,7 @@ class Publisher:
             raise
         # tcp://127.0.0.1:0 picks a free port; report the one it got.
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
+        self._ipc_file = _socket_file(self.endpoint)
         self._subscriptions: Counter[bytes] = Counter()
 
     def send(self, topic: str | bytes, header: Message, payload: object | None = None) -> None:
@@ -173,6 +196,8 @@ class Publisher:
         self._sock.close()
         if self._own_ctx:
             self._ctx.term()
+        if self._ipc_file is not None:  # libzmq leaves the socket file behind
+            _unlink_socket(*self._ipc_file)
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()

@@ -96,30 +96,3 @@ def latency_summary(results: list[Classification]) -> dict[str, float]:
         for q in (50, 99):
             out[f"{stage}_ms_p{q}"] = float(np.percentile(values, q)) if values else 0.0
     return out
-
-
-def demo_table(results: list[Classification], digits: list[int], rows: int = 14) -> Any:
-    """The demo's live view: the latest classifications against the known sequence."""
-    from rich.table import Table
-
-    table = Table(title="streamfuse demo: camera (digit video) + microphone (spoken digits)")
-    for col in ("media s", "expected", "fused", "image", "audio", "total ms", "infer ms", ""):
-        table.add_column(col, justify="right")
-    for r in results[-rows:]:
-        audio = next((i for i in r.inputs if i.stream.startswith("audio/")), None)
-        t0 = audio.media_t0 if audio is not None and audio.media_t0 is not None else 0
-        k = round(t0 / 1e9)
-        whole = abs(t0 - k * 1e9) < 5e7 and 0 <= k < len(digits)
-        expected = str(digits[k]) if whole else "-"
-        mark = ("[green]ok[/]" if r.label == expected else "[red]wrong[/]") if whole else ""
-        table.add_row(
-            f"{t0 / 1e9:.1f}-{t0 / 1e9 + 1:.1f}",
-            expected,
-            f"{r.label} {r.score:.2f}",
-            f"{r.image_label} {r.image_score:.2f}",
-            f"{r.audio_label} {r.audio_score:.2f}",
-            f"{r.latency.get('total', 0) / 1e6:.1f}",
-            f"{r.latency.get('inference', 0) / 1e6:.2f}",
-            mark + (" degraded" if r.degraded else ""),
-        )
-    return table

@@ -1,11 +1,14 @@
 """Shared fixtures: real sockets, real child processes, a real PulseAudio server.
 
-A test whose system part (ffmpeg, PulseAudio, PortAudio) is missing skips with the reason on
-a user's machine; under CI (``CI`` set) it fails instead, so CI proves every one of them ran.
+A test whose system part (:data:`SYSTEM_PARTS`) or real data is missing skips with one
+uniformly worded reason on a user's machine; under CI (``CI`` set) it fails instead, so CI
+proves every one of them ran. ``STREAMFUSE_TEST_HIDE=portaudio,ffmpeg`` makes the tests treat
+those parts as absent: how to see what a machine without them gets (README, Development).
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import shutil
 import signal
@@ -14,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +35,48 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def _has_c_toolchain() -> bool:
+    headers = all(Path(f"/usr/include/{h}").exists() for h in ("zmq.h", "msgpack.h"))
+    return shutil.which("cc") is not None and headers
+
+
+# name -> (what provides it, how to tell it is here)
+SYSTEM_PARTS: dict[str, tuple[str, Callable[[], bool]]] = {
+    "ffmpeg": ("apt-get install ffmpeg", lambda: shutil.which("ffmpeg") is not None),
+    "pulseaudio": (
+        "apt-get install pulseaudio pulseaudio-utils",
+        lambda: all(shutil.which(t) for t in ("pulseaudio", "pactl", "paplay")),
+    ),
+    "portaudio": (
+        "apt-get install libportaudio2",
+        lambda: ctypes.util.find_library("portaudio") is not None,
+    ),
+    "c-toolchain": ("apt-get install gcc libzmq3-dev libmsgpack-dev", _has_c_toolchain),
+    "qemu": ("apt-get install qemu-user", lambda: shutil.which("qemu-x86_64") is not None),
+    "systemd-analyze": (
+        "apt-get install systemd",
+        lambda: shutil.which("systemd-analyze") is not None,
+    ),
+}
+TOOLS = {"ffmpeg": "ffmpeg", "pactl": "pulseaudio", "paplay": "pulseaudio", "qemu-x86_64": "qemu"}
+HIDDEN = {p.strip() for p in os.environ.get("STREAMFUSE_TEST_HIDE", "").split(",") if p.strip()}
+
+
+def require_system(part: str) -> None:
+    """Skip (locally) or fail (in CI) unless the system part ``part`` is here."""
+    how, present = SYSTEM_PARTS[part]
+    hidden = part in HIDDEN
+    reason = f"needs {part}, which is absent here ({how}; .ci/run does)"
+    require(not hidden and present(), reason + (" [STREAMFUSE_TEST_HIDE]" if hidden else ""))
+
+
 def require_tool(name: str) -> str:
+    """The path of a command-line tool of a system part (e.g. ``paplay`` of pulseaudio)."""
+    part = TOOLS.get(name)
+    if part is not None:
+        require_system(part)
     path = shutil.which(name)
-    require(path is not None, f"{name} is not installed (apt-get install it; see .ci/run)")
+    require(path is not None, f"needs {name}, which is absent here (.ci/run installs it)")
     assert path is not None
     return path
 
@@ -45,6 +87,19 @@ def data_dir() -> Path | None:
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
     return next((p for p in candidates if p.is_dir()), None)
+
+
+def require_data(*parts: str) -> Path:
+    """The data folder, holding every one of ``parts`` (e.g. ``fsdd``, ``mnist``); skip with
+    one wording where it is absent. Data, unlike system parts, may be absent even in CI."""
+    root = data_dir()
+    missing = [p for p in parts if root is None or not (root / p).exists()]
+    if root is None or missing or "data" in HIDDEN:
+        pytest.skip(
+            f"needs the real data {', '.join(missing or parts)}, absent here "
+            "(set STREAMFUSE_DATA to the data folder, or put it at ../shared/data)"
+        )
+    return root
 
 
 @pytest.fixture
@@ -113,9 +168,8 @@ def children() -> Iterator[Children]:
 def pulse() -> Iterator[dict[str, str]]:
     """A private PulseAudio server with a 16 kHz mono null sink ``vsink`` whose monitor is
     the default source. Yields the environment children need to reach it."""
-    require_tool("pulseaudio")
-    require_tool("pactl")
-    require_tool("paplay")
+    require_system("pulseaudio")
+    require_system("portaudio")  # the tests capture from it through PortAudio
     runtime = tempfile.mkdtemp(prefix="sf-pulse-")
     env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "PULSE_RUNTIME_PATH": f"{runtime}/pulse"}
     subprocess.run(

@@ -122,6 +122,22 @@ def demo_session(out: Path, n: int = 12, seed: int = 0) -> Session:
     return write_session(out, digits, images, clips)
 
 
+def expected_digit(
+    result: Any, digits: Sequence[int], tolerance_ns: int = 50_000_000
+) -> int | None:
+    """The digit a classification (struct or JSON dict) should say, or None when its audio
+    window does not lie within one digit's second (a window between two digits)."""
+    inputs = _field(result, "inputs") or []
+    audio = next((i for i in inputs if _field(i, "stream").startswith("audio/")), None)
+    if audio is None or _field(audio, "media_t0") is None:
+        return None
+    t0, t1 = _field(audio, "media_t0"), _field(audio, "media_t1")
+    k = round(t0 / 1e9)
+    if abs(t0 - k * 1_000_000_000) > tolerance_ns or t1 > (k + 1) * 1_000_000_000 + tolerance_ns:
+        return None
+    return digits[k] if 0 <= k < len(digits) else None
+
+
 def score(
     results: Iterable[Any], digits: Sequence[int], tolerance_ns: int = 50_000_000
 ) -> dict[str, Any]:
@@ -129,22 +145,58 @@ def score(
     sequence: only windows lying within one digit's second count."""
     graded = correct = 0
     for r in results:
-        inputs = _field(r, "inputs") or []
-        audio = next((i for i in inputs if _field(i, "stream").startswith("audio/")), None)
-        if audio is None or _field(audio, "media_t0") is None:
-            continue
-        t0, t1 = _field(audio, "media_t0"), _field(audio, "media_t1")
-        k = round(t0 / 1e9)
-        if (
-            abs(t0 - k * 1_000_000_000) > tolerance_ns
-            or t1 > (k + 1) * 1_000_000_000 + tolerance_ns
-        ):
-            continue
-        if not 0 <= k < len(digits):
+        expected = expected_digit(r, digits, tolerance_ns)
+        if expected is None:
             continue
         graded += 1
-        correct += _field(r, "label") == str(digits[k])
+        correct += _field(r, "label") == str(expected)
     return {"graded": graded, "correct": correct, "accuracy": correct / graded if graded else 0.0}
+
+
+def demo_line(r: Any, digits: Sequence[int]) -> str:
+    """One plain line per classification (the demo off a terminal)."""
+    expected = expected_digit(r, digits)
+    verdict = "" if expected is None else ("ok" if r.label == str(expected) else "WRONG")
+    want = "-" if expected is None else str(expected)
+    t0 = next((i.media_t0 for i in r.inputs if i.stream.startswith("audio/")), None)
+    media = f"{t0 / 1e9:4.1f}-{t0 / 1e9 + 1:.1f} s" if t0 is not None else "   (no audio)"
+    return (
+        f"{media}  expected {want}  fused {r.label} {r.score:.2f}  image {r.image_label} "
+        f"{r.image_score:.2f}  audio {r.audio_label} {r.audio_score:.2f}  "
+        f"total {r.latency.get('total', 0) / 1e6:.1f} ms  {verdict}"
+        + ("  degraded" if r.degraded else "")
+    ).rstrip()
+
+
+def demo_table(results: Sequence[Any], digits: Sequence[int]) -> Any:
+    """The demo's live view: every graded window (one per digit) against the sequence, so
+    the table holds exactly the windows the accuracy line counts."""
+    from rich.table import Table
+
+    table = Table(title="streamfuse demo: camera (digit video) + microphone (spoken digits)")
+    for col in ("media s", "expected", "fused", "image", "audio", "total ms", "infer ms", ""):
+        table.add_column(col, justify="right")
+    between = 0
+    for r in results:
+        expected = expected_digit(r, digits)
+        if expected is None:
+            between += 1
+            continue
+        t0 = next(i.media_t0 for i in r.inputs if i.stream.startswith("audio/"))
+        ok = r.label == str(expected)
+        table.add_row(
+            f"{t0 / 1e9:.1f}-{t0 / 1e9 + 1:.1f}",
+            str(expected),
+            f"{r.label} {r.score:.2f}",
+            f"{r.image_label} {r.image_score:.2f}",
+            f"{r.audio_label} {r.audio_score:.2f}",
+            f"{r.latency.get('total', 0) / 1e6:.1f}",
+            f"{r.latency.get('inference', 0) / 1e6:.2f}",
+            ("[green]ok[/]" if ok else "[red]wrong[/]") + (" degraded" if r.degraded else ""),
+        )
+    if between:
+        table.caption = f"+ {between} windows between two digits (classified, not graded)"
+    return table
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from streamfuse.messages import Envelope
 from streamfuse.transport import Subscriber
@@ -40,3 +47,54 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def write_config(tmp: Path, **sections: Any) -> tuple[Path, dict[str, Any]]:
+    cfg: dict[str, Any] = {
+        "run_dir": str(tmp / "run"),
+        "engine": {"output": f"ipc://{tmp}/result", "sndhwm": 4},
+        "http": {"port": free_port()},
+        "mic": {"hop_ms": 250},
+        "restart_backoff_s": [0.2, 1.0],
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp / "streamfuse.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def http_json(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            body = r.read().decode()
+            return r.status, json.loads(body) if path == "/healthz" else body
+    except urllib.error.HTTPError as err:
+        body = err.read().decode()
+        return err.code, json.loads(body) if path == "/healthz" else body
+
+
+def wait_healthy(port: int, timeout: float = 60, want: str = "ok") -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            _, last = http_json(port, "/healthz")
+            if last["status"] == want:
+                return last  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"daemon not {want} after {timeout} s: {last}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

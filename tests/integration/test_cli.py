@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -78,6 +79,12 @@ def test_demo_classifies_the_generated_session() -> None:
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["graded"] == 6  # one window per second of the session
     assert report["accuracy"] >= 5 / 6
+    # Off a terminal: one line per classification as it happens, adding up to the report.
+    lines = [line for line in res.stderr.splitlines() if "  expected " in line]
+    assert sum(line.endswith(" ok") for line in lines) == report["correct"]
+    assert sum(line.endswith((" ok", " WRONG")) for line in lines) == report["graded"]
+    assert len(lines) == 2 * 6 - 1  # a window every half second, graded or not
+    assert re.search(r"^metrics on http://127\.0\.0\.1:\d+/metrics$", res.stderr, re.M)
     assert 0 < report["total_ms_p50"] < 100
     assert report["backend"].startswith("onnxruntime/") or report["backend"].startswith("tensorrt")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..conftest import data_dir
+from ..conftest import require_data
 from .helpers import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(240)]
@@ -24,9 +24,7 @@ N_DIGITS = 20
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[int]]:
-    root = data_dir()
-    if root is None or not (root / "fsdd").is_dir() or not (root / "mnist").is_dir():
-        pytest.skip("needs ../shared/data (fsdd, mnist) or $STREAMFUSE_DATA")
+    root = require_data("fsdd", "mnist")
     from streamfuse_plugins.demo.session import RATE, write_session
     from streamfuse_plugins.models import data as D
 

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import platform
-import shutil
 import signal
 import site
 import subprocess
@@ -30,7 +29,7 @@ from streamfuse.errors import SourceError
 from streamfuse.record import pack_frames, read_recording, unpack_frames
 from streamfuse.testing import assert_matches_golden, run_recording
 
-from ..conftest import Children
+from ..conftest import Children, require_tool
 from .helpers import free_port, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(180)]
@@ -56,7 +55,6 @@ def test_lockstep_replay_is_identical_byte_for_byte() -> None:
     assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.splitlines()) == 7
 
 
-QEMU = shutil.which("qemu-x86_64")
 # Runs `streamfuse ARGS` with this interpreter's packages, under QEMU user-mode emulation.
 EMULATED = (
     "import site, sys\n"
@@ -73,22 +71,19 @@ def test_lockstep_with_an_unknown_backend_names_the_installed_ones() -> None:
     assert "unknown backend 'nope'" in res.stderr and "'reference'" in res.stderr
 
 
-@pytest.mark.skipif(
-    platform.machine() != "x86_64" or QEMU is None,
-    reason="needs an x86-64 box with qemu-x86_64 (apt install qemu-user)",
-)
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86-64 CPU on x86-64")
 def test_lockstep_is_the_same_bytes_on_another_cpu() -> None:
     """Another machine, emulated: QEMU's Haswell model has AVX2 and FMA but no AVX-512, so
     numpy's OpenBLAS and ONNX Runtime take other kernels than on an AVX-512 box (this one
     was). ONNX Runtime's fp32 scores then differ in their last bits (this test fails with
     ``--backend onnxruntime``); the reference backend that lockstep uses must not."""
-    assert QEMU is not None
+    qemu = require_tool("qemu-x86_64")
     native = run_cli("replay", str(SESSION), "--lockstep", "--json", timeout=120)
     python = os.path.realpath(sys.executable)  # under QEMU, a venv's launcher finds no venv
     packages = ":".join(site.getsitepackages())
     cli = ["replay", str(SESSION), "--lockstep", "--json"]
     emulated = subprocess.run(
-        [QEMU, "-cpu", "Haswell-v4", python, "-c", EMULATED, packages, *cli],
+        [qemu, "-cpu", "Haswell-v4", python, "-c", EMULATED, packages, *cli],
         capture_output=True,
         text=True,
         timeout=300,

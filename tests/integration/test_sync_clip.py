@@ -17,7 +17,7 @@ from streamfuse import messages as m
 from streamfuse.sync import Bundle, SyncConfig, Synchronizer
 from streamfuse.transport import Subscriber
 
-from ..conftest import Children, data_dir, require_tool
+from ..conftest import Children, require_data, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MS = 1_000_000
@@ -28,10 +28,9 @@ FRAME = S // 24
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The clip's video, and its audio track as a wav (what a recorder would have written)."""
-    root = data_dir()
-    path = root / "av-clips" / "big_buck_bunny_0_30.webm" if root else None
-    if path is None or not path.exists():  # data, unlike system tools, may be absent even in CI
-        pytest.skip("../shared/data/av-clips is absent (set STREAMFUSE_DATA to the data folder)")
+    path = (
+        require_data("av-clips/big_buck_bunny_0_30.webm") / "av-clips" / "big_buck_bunny_0_30.webm"
+    )
     wav = tmp_path_factory.mktemp("clip") / "audio.wav"
     subprocess.run(
         [

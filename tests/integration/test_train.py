@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..conftest import data_dir
+from ..conftest import require_data
 from .helpers import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -16,10 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 @pytest.fixture
 def data() -> Path:
-    root = data_dir()
-    if root is None or not (root / "fsdd").is_dir():
-        pytest.skip("../shared/data (FSDD, MNIST) is absent; set STREAMFUSE_DATA")
-    return root
+    return require_data("fsdd", "mnist")
 
 
 def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Path) -> None:

@@ -19,8 +19,9 @@ def test_defaults_run_the_demo_pipeline() -> None:
     cfg = load_config(None)
     assert [c.source for c in cfg.cameras] == ["synthetic"] and cfg.mic.source == "synthetic"
     assert cfg.sync_config().cameras == ("video/front",)
-    assert cfg.endpoint("video/front") == f"ipc://{cfg.run_dir}/video-front"
-    assert Path(cfg.run_dir).is_dir()
+    assert cfg.run_dir == ""  # the supervisor makes (and removes) a fresh folder
+    cfg.run_dir = "/run/sf"
+    assert cfg.endpoint("video/front") == "ipc:///run/sf/video-front"
 
 
 def test_the_shipped_example_config_is_every_default() -> None:
@@ -65,6 +66,28 @@ def test_any_unknown_key_is_named_with_its_file(
         ({"mic": {"rate": "fast"}}, "mic.rate"),
         ({"sync": {"policy": "vibes"}}, "sync.policy"),
         ({"restart_backoff_s": [1]}, "restart_backoff_s"),
+        # accepted before, and then silently wrong or a child in a restart loop (issue 12)
+        ({"cameras": [{"fps": float("nan")}]}, "cameras[0].fps"),
+        ({"cameras": [{"fps": -30}]}, "cameras[0].fps"),
+        ({"cameras": [{"jpeg": 500}]}, "cameras[0].jpeg"),
+        ({"cameras": [{"width": 0}]}, "cameras[0].width"),
+        ({"mic": {"rate": 0}}, "mic.rate"),
+        ({"mic": {"window_ms": -1}}, "mic.window_ms"),
+        ({"mic": {"hop_ms": -500}}, "mic.hop_ms"),
+        ({"mic": {"window_ms": 500, "hop_ms": 1000}}, "mic.hop_ms"),
+        ({"sync": {"tolerance_ms": -1}}, "sync.tolerance_ms"),
+        ({"sync": {"offsets_ms": {"video/front": float("inf")}}}, "sync.offsets_ms[...]"),
+        ({"engine": {"sndhwm": -5}}, "engine.sndhwm"),
+        ({"engine": {"sndhwm": 10**12}}, "engine.sndhwm"),
+        ({"engine": {"threads": -3}}, "engine.threads"),
+        ({"engine": {"output": "tcp://127.0.0.1:99999"}}, "engine.output"),
+        ({"engine": {"output": "udp://x"}}, "engine.output"),
+        ({"http": {"port": 99999}}, "http.port"),
+        ({"http": {"port": -1}}, "http.port"),
+        ({"restart_backoff_s": [-1, -1]}, "restart_backoff_s[0]"),
+        ({"restart_backoff_s": [5, 1]}, "restart_backoff_s"),
+        ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
+        ({"run_dir": "/tmp/" + "x" * 100}, "run_dir"),
     ],
 )
 def test_bad_values_are_named(raw: dict[str, object], field: str, tmp_path: Path) -> None:
@@ -75,7 +98,10 @@ def test_bad_values_are_named(raw: dict[str, object], field: str, tmp_path: Path
     assert info.value.field == field and info.value.file == str(path)
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"engine: [", b"42\n"])
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00garbage", b"engine: [", b"42\n", b"[" * 5000 + b"]" * 5000, b"a: &x [*x]"],
+)
 def test_unreadable_files_are_named(content: bytes, tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_bytes(content)
