@@ -27,7 +27,7 @@ from .config import RunConfig
 from .messages import AudioWindow, Classification, Envelope, Heartbeat, InputRef, VideoFrame
 from .preprocess import Preprocessor
 from .sync import Bundle, Synchronizer
-from .transport import Publisher, Subscriber, heartbeat_topic
+from .transport import Publisher, Sources, heartbeat_topic
 
 __all__ = ["RESULT_PREFIX", "Engine", "EngineStats"]
 
@@ -97,10 +97,12 @@ class Engine:
         """Serve until ``stop`` is set or (``until_eof``) every file source has ended.
         Returns why it ended: ``stopped`` or ``eof``."""
         cfg = self.cfg
-        topics = [*self.cameras, self.mic, "heartbeat/video/", "heartbeat/audio/"]
-        endpoints = [cfg.endpoint(t) for t in (*self.cameras, self.mic)]
+        # Each sensor's endpoint speaks for its own data and heartbeat topics, nothing else.
+        owners: dict[str, list[str]] = {}
+        for topic in (*self.cameras, self.mic):
+            owners.setdefault(cfg.endpoint(topic), []).extend([topic, heartbeat_topic(topic)])
         pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm)
-        sub = Subscriber(endpoints, topics, rcvhwm=256)
+        sub = Sources(owners, rcvhwm=256)
         hb_topic = heartbeat_topic(RESULT_PREFIX)
         start = last_hb = time.monotonic_ns()
         hb_seq = 0
@@ -112,9 +114,12 @@ class Engine:
             while not stop.is_set():
                 env = sub.recv(timeout=TICK_S)
                 now = time.monotonic_ns()
-                samples = self.tick(now) if env is None else self.handle(env, now)
-                for msg in self.classify(samples):
-                    pub.send(RESULT_PREFIX + msg.stream, msg)
+                try:
+                    samples = self.tick(now) if env is None else self.handle(env, now)
+                    for msg in self.classify(samples):
+                        pub.send(RESULT_PREFIX + msg.stream, msg)
+                except Exception as exc:  # the last resort: a message never ends the engine
+                    self._internal_error(env, exc)
                 if until_eof and sources <= self._ended:
                     # every source has ended: flush what the synchronizer still holds
                     for msg in self.classify(self.flush()):
@@ -143,6 +148,14 @@ class Engine:
     def handle(self, env: Envelope, now: int) -> list[_Sample]:
         """One received message at ``now``; the samples that became ready."""
         topic = env.topic.decode()
+        want = (
+            Heartbeat
+            if topic.startswith("heartbeat/")
+            else (AudioWindow if topic == self.mic else VideoFrame)
+        )
+        if not isinstance(env.header, want):  # e.g. a window sent on a camera's topic
+            self._error("wrong_kind", f"a {type(env.header).__name__} on topic {topic}: dropped")
+            return self.tick(now)
         if isinstance(env.header, Heartbeat):
             if env.header.state == "eof":
                 self._ended.add(topic.removeprefix("heartbeat/"))
@@ -285,13 +298,21 @@ class Engine:
 
     # --- health -------------------------------------------------------------------------
 
+    def _internal_error(self, env: Envelope | None, exc: Exception) -> None:
+        topic = env.topic.decode(errors="replace") if env is not None else "(tick)"
+        first = self.stats.errors["internal_error"] == 0
+        self.stats.errors["internal_error"] += 1
+        self.stats.last_error = f"internal error on {topic}: {type(exc).__name__}: {exc}"
+        if first:
+            log.exception("internal error on a message of %s (counted, skipped)", topic)
+
     def _error(self, kind: str, message: str) -> None:
         self.stats.errors[kind] += 1
         self.stats.last_error = message
         log.warning("%s", message)
 
     def _heartbeat(
-        self, sub: Subscriber, seq: int, now: int, start: int, rate: float, state: str = "running"
+        self, sub: Sources, seq: int, now: int, start: int, rate: float, state: str = "running"
     ) -> Heartbeat:
         drops: Counter[str] = Counter({k: v for k, v in self.sync.drops.items() if k != "unpaired"})
         for reason, n in sub.rejected.items():

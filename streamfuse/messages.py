@@ -53,10 +53,22 @@ SAMPLE_FORMATS: dict[str, int] = {"f32le": 4, "s16le": 2}
 
 PixelFormat = Literal["bgr8", "rgb8", "gray8", "bgra8", "rgba8"]
 SampleFormat = Literal["f32le", "s16le"]
-Nanos = Annotated[int, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+#: Times and counters stay below 2**62 (146 years of nanoseconds), so a difference or sum
+#: of two of them is still a MessagePack int and an int64 everywhere.
+MAX_INT = 2**62
+#: An audio window is at most this long: one message may not hold the synchronizer longer.
+MAX_WINDOW_NS = 10_000_000_000
+#: A topic is at most this many bytes of UTF-8.
+MAX_TOPIC_BYTES = 256
+Nanos = Annotated[int, msgspec.Meta(ge=0, lt=MAX_INT)]
+Count = Annotated[int, msgspec.Meta(ge=0, lt=MAX_INT)]
 Dimension = Annotated[int, msgspec.Meta(ge=1, le=16384)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Label = Annotated[str, msgspec.Meta(max_length=256)]
+#: A probability; float32 rounding may put a softmax output a hair above 1; NaN never passes.
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.001)]
+Counts = Annotated[dict[Label, Count], msgspec.Meta(max_length=256)]
 
 
 class _Header(msgspec.Struct, kw_only=True, tag_field="kind"):
@@ -90,10 +102,11 @@ class AudioWindow(_Header, kw_only=True, tag="audio"):
     Payload: interleaved little-endian samples. ``t_capture`` is the time of the first sample.
     """
 
-    sample_rate: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    sample_rate: Annotated[int, msgspec.Meta(ge=1000, le=384_000)]
     channels: Annotated[int, msgspec.Meta(ge=1, le=64)]
     sample_format: SampleFormat = "f32le"
-    n_samples: Annotated[int, msgspec.Meta(ge=1)]
+    n_samples: Annotated[int, msgspec.Meta(ge=1, le=3_840_000)]
+    """At most ``MAX_WINDOW_NS`` (10 s) of samples at ``sample_rate``."""
 
     @property
     def t_end(self) -> int:
@@ -104,7 +117,7 @@ class AudioWindow(_Header, kw_only=True, tag="audio"):
 class InputRef(msgspec.Struct, kw_only=True):
     """One input of a classification: which stream, which message, what time it covers."""
 
-    stream: str
+    stream: Label
     """Topic of the input, e.g. ``video/front`` or ``audio/mic0``."""
     seq: Count = 0
     t0: Nanos
@@ -123,50 +136,58 @@ class Classification(_Header, kw_only=True, tag="classification"):
     the frame's capture time and the audio window's end); ``stream`` is the camera's name.
     """
 
-    label: str = ""
-    score: float = 0.0
-    topk: list[tuple[str, float]] = msgspec.field(default_factory=list)
-    image_label: str = ""
+    label: Label = ""
+    score: Probability = 0.0
+    topk: Annotated[list[tuple[Label, Probability]], msgspec.Meta(max_length=1024)] = msgspec.field(
+        default_factory=list
+    )
+    image_label: Label = ""
     """What the image branch alone says, with its confidence."""
-    image_score: float = 0.0
-    audio_label: str = ""
-    audio_score: float = 0.0
+    image_score: Probability = 0.0
+    audio_label: Label = ""
+    audio_score: Probability = 0.0
     degraded: bool = False
     """True when an input was missing (blanked); ``missing`` names it."""
-    missing: list[str] = msgspec.field(default_factory=list)
-    inputs: list[InputRef] = msgspec.field(default_factory=list)
-    latency: dict[str, int] = msgspec.field(default_factory=dict)
+    missing: Annotated[list[Label], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    inputs: Annotated[list[InputRef], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    latency: Annotated[dict[Label, int], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=dict
+    )
     """Nanoseconds per stage: ``transport`` (latest input's capture to its arrival),
     ``queue`` (arrival to the synchronizer), ``sync_wait`` (until its bundle was decided),
     ``preprocess``, ``inference``, ``publish`` (building the message), and ``total``
     (latest input's capture to publication)."""
-    model: str = ""
+    model: Label = ""
     """First 12 hex digits of the model file's sha256."""
-    backend: str = ""
+    backend: Label = ""
     """``name/device/precision`` of the backend that ran it."""
 
 
 class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
     """Published about once a second by every process, on topic ``heartbeat/<topic>``."""
 
-    source: str = ""
+    source: Text = ""
     """What the process reads, e.g. ``synthetic`` or ``/data/cam.mp4``."""
-    pid: int = 0
+    pid: Annotated[int, msgspec.Meta(ge=0, lt=2**31)] = 0
     uptime_ns: Nanos = 0
     sent: Count = 0
     """Messages published since start."""
-    rate_hz: float = 0.0
+    rate_hz: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
     """Messages per second over the last heartbeat interval."""
-    drops: dict[str, int] = msgspec.field(default_factory=dict)
+    drops: Counts = msgspec.field(default_factory=dict)
     """Messages lost, by reason (``input_overflow``, ``stream_gap``, ...)."""
-    errors: dict[str, int] = msgspec.field(default_factory=dict)
+    errors: Counts = msgspec.field(default_factory=dict)
     """Errors, by kind (``reopen``, ``read_failed``, ``clock_resync``, ...)."""
-    last_error: str | None = None
+    last_error: Text | None = None
     state: Literal["running", "eof", "stopped", "limit"] = "running"
     """``eof`` in the last heartbeat of a file source that reached its end."""
-    depths: dict[str, int] = msgspec.field(default_factory=dict)
+    depths: Counts = msgspec.field(default_factory=dict)
     """Queue depths (the engine's synchronizer queues, by stream)."""
-    received: dict[str, int] = msgspec.field(default_factory=dict)
+    received: Counts = msgspec.field(default_factory=dict)
     """Messages received, by input topic (the engine's; empty for a sensor)."""
 
 
@@ -180,10 +201,11 @@ KINDS: dict[str, type[Message]] = {
 
 
 class _Peek(msgspec.Struct):
-    """Just enough of a header to say why a full decode failed."""
+    """Just enough of a header to say why a full decode failed (typed narrowly: an
+    ``object`` field would decode a hostile value of any depth)."""
 
-    v: object = None
-    kind: object = None
+    v: int | str | None = None
+    kind: str | int | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -233,6 +255,14 @@ def decode(
             topic=topic,
         )
     assert topic is not None
+    if not 0 < len(topic) <= MAX_TOPIC_BYTES:
+        raise DecodeError(
+            "malformed", f"topic of {len(topic)} bytes (1..{MAX_TOPIC_BYTES})", topic=topic[:64]
+        )
+    try:
+        topic.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("malformed", "topic is not UTF-8", topic=topic[:64]) from None
     raw = parts[1]
     if len(raw) > MAX_HEADER_BYTES:
         raise DecodeError(
@@ -246,6 +276,8 @@ def decode(
         text = str(exc)
         reason: RejectReason = "truncated" if "truncated" in text else "malformed"
         raise DecodeError(reason, text, topic=topic) from None
+    except RecursionError:
+        raise DecodeError("malformed", "header nested too deeply", topic=topic) from None
     if header.v != PROTOCOL_VERSION:
         raise DecodeError(
             "unknown_version",
@@ -269,14 +301,35 @@ def decode(
             f"{header.__class__.__name__} header implies {expected} payload bytes, got {size}",
             topic=topic,
         )
+    if isinstance(header, AudioWindow):
+        _check_window(header, payload, topic)
     return Envelope(topic, header, payload)
+
+
+def _check_window(header: AudioWindow, payload: memoryview | None, topic: bytes) -> None:
+    """A window's meaning, not just its types: bounded duration, finite float samples."""
+    duration = header.n_samples * 1_000_000_000 // header.sample_rate
+    if duration > MAX_WINDOW_NS:
+        raise DecodeError(
+            "invalid", f"audio window of {duration / 1e9:.1f} s (at most 10 s)", topic=topic
+        )
+    if header.t_capture + duration >= MAX_INT:
+        raise DecodeError("invalid", "audio window ends past the time range", topic=topic)
+    if header.sample_format == "f32le" and payload is not None:
+        samples = np.frombuffer(payload, dtype="<f4")
+        if not np.isfinite(samples).all():
+            raise DecodeError("invalid", "audio window holds NaN or Inf samples", topic=topic)
 
 
 def _explain(raw: bytes | memoryview, exc: msgspec.ValidationError, topic: bytes) -> DecodeError:
     """Turn a failed typed decode into the most useful reason."""
     try:
         peek = _peek_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.ValidationError as peek_exc:
+        if "- at `$." in str(peek_exc):  # a map, with a hostile ``v`` or ``kind``
+            return DecodeError("invalid", str(peek_exc), topic=topic)
+        return DecodeError("malformed", f"header is not a MessagePack map: {exc}", topic=topic)
+    except (msgspec.DecodeError, RecursionError):
         return DecodeError("malformed", f"header is not a MessagePack map: {exc}", topic=topic)
     if peek.v != PROTOCOL_VERSION:
         return DecodeError(

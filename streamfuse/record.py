@@ -8,7 +8,7 @@ Layout of a recording (``docs/recording.md``):
   (``streamfuse.v1.VideoFrame`` ..., encoding ``streamfuse-header-jsonschema``) is the JSON
   Schema of the header;
   ``log_time`` = receive time (CLOCK_REALTIME ns), ``publish_time`` = capture time
-  (``t_capture``, CLOCK_MONOTONIC ns of the capturing box), ``sequence`` = ``seq``;
+  (``t_capture``, CLOCK_MONOTONIC ns of the capturing box), ``sequence`` = ``seq`` mod 2**32;
 - for Foxglove, beside them: ``<video topic>/image`` (``foxglove.CompressedImage``, JPEG, at
   most ``foxglove_fps``), ``<audio topic>/level`` (RMS and peak per window) and
   ``<result topic>/json`` (the classification as JSON), all JSON with JSON Schemas;
@@ -161,7 +161,9 @@ class Recorder:
         cid = self._channels.get(topic)
         if cid is None:
             cid = self._raw_channel(topic, type(header))
-        self._w.add_message(cid, log_time, pack_frames(frames), header.t_capture, header.seq)
+        # MCAP's sequence is a uint32: it wraps; the header in the record keeps the full seq.
+        seq32 = header.seq & 0xFFFF_FFFF
+        self._w.add_message(cid, log_time, pack_frames(frames), header.t_capture, seq32)
         self.written[topic] += 1
         if self.foxglove:
             self._foxglove(topic, frames, header, log_time)
@@ -304,12 +306,20 @@ def record(
             received.put(None)
 
     rec = Recorder(out, compression=compression, foxglove=foxglove)
+    internal_errors = 0
     receiver = threading.Thread(target=receive, name="record-receive", daemon=True)
     receiver.start()
     try:
         while (item := received.get()) is not None:
             env, parts, log_time = item
-            rec.write(env.topic.decode(), parts[1:], env.header, log_time)
+            try:
+                rec.write(env.topic.decode(), parts[1:], env.header, log_time)
+            except OSError:
+                raise  # the disk, not the message: the recording cannot go on
+            except Exception:  # the last resort: one message never ends a recording
+                internal_errors += 1
+                if internal_errors == 1:
+                    log.exception("internal error writing %s (counted, skipped)", env.topic)
     finally:
         writer_done.set()  # after a failed write, the receiver stops too
         receiver.join()
@@ -317,6 +327,8 @@ def record(
         rec.close()
     lost = {t.decode(): st.gaps for t, st in sub.streams.items() if st.gaps}
     rejected = dict(sub.rejected)
+    if internal_errors:
+        rejected["internal_error"] = rejected.get("internal_error", 0) + internal_errors
     return RecordSummary(
         path=str(out),
         seconds=round(time.monotonic() - start, 3),

@@ -57,6 +57,8 @@ MIN_BYTES = 64 * 1024
 MAGIC = b"SFSHM\x00\x01\x00"
 HEADER = 512
 MAX_READERS = 16
+MAX_SEGMENTS = 64
+"""Segments one reader keeps mapped at most (the oldest is unmapped past it)."""
 SLOT_HEADER = 16
 LONELY_S = 1.0
 """A lossless publisher whose ring no reader ever registered in stops waiting after this."""
@@ -161,6 +163,18 @@ class Ring:
             slots = fit
         name = f"sf-{os.getpid()}-{secrets.token_hex(4)}"
         self._shm = shm = SharedMemory(name=name, create=True, size=HEADER + slots * stride)
+        # Pages are reserved with posix_fallocate before they are first touched, the header
+        # now and each slot when it is first used: a /dev/shm that fills up is then an
+        # OSError (ENOSPC) here or in loan(), and the publisher sends inline; never a SIGBUS.
+        self._fd: int = shm._fd  # type: ignore[attr-defined]
+        try:
+            os.posix_fallocate(self._fd, 0, HEADER + SLOT_HEADER)
+        except OSError:
+            shm.close()
+            shm.unlink()
+            raise
+        self._stride = stride
+        self._reserved = [False] * slots
         buf = _buf(shm)
         buf[:8] = MAGIC
         np.ndarray((2,), "<u4", buf, 8)[:] = (slots, capacity)
@@ -187,7 +201,11 @@ class Ring:
         With ``wait`` (lossless), block until a slot is free rather than overwrite one.
         """
         seg = self._seg
-        self._slot = k = self._pick(wait)
+        k = self._pick(wait)
+        if not self._reserved[k]:  # ENOSPC here, not a SIGBUS at the first write
+            os.posix_fallocate(self._fd, HEADER + k * self._stride, self._stride)
+            self._reserved[k] = True
+        self._slot = k
         seg.meta[k][0] = 0  # readers of the old contents now see it as overwritten
         self.held[k] = 0
         self.loaned = seg.data[k][:size]
@@ -279,6 +297,8 @@ class ShmReader:
 
     def __init__(self, *, copy: bool = True) -> None:
         self._segs: dict[str, tuple[_Segment, int]] = {}
+        self._by_topic: dict[bytes, str] = {}
+        """The segment each topic's payloads came from last."""
         self._token = secrets.randbits(63) | 1
         self.copy = copy
 
@@ -291,7 +311,12 @@ class ShmReader:
             raise DecodeError(
                 "malformed", f"bad shared-memory reference: {exc}", topic=topic
             ) from None
+        old = self._by_topic.get(topic)
+        if old is not None and old != ref.segment:
+            self._detach(old)  # the publisher restarted: its old ring is gone, unmap it
         seg, row = self._segs.get(ref.segment) or self._attach(ref.segment, topic)
+        if old != ref.segment and len(self._by_topic) < MAX_SEGMENTS:
+            self._by_topic[topic] = ref.segment
         if not (0 <= ref.slot < seg.slots and 0 <= ref.size <= seg.capacity):
             raise DecodeError(
                 "malformed",
@@ -331,6 +356,18 @@ class ShmReader:
         meta, gen = obj.where
         return int(meta[0]) == gen
 
+    def _detach(self, name: str) -> None:
+        for topic in [t for t, n in self._by_topic.items() if n == name]:
+            del self._by_topic[topic]
+        got = self._segs.pop(name, None)
+        if got is None:
+            return
+        seg, row = got
+        if seg.readers[row, 0] == self._token:
+            seg.readers[row, 0] = 0
+        with contextlib.suppress(BufferError):  # a copy=False view still on it: at exit
+            seg.close()
+
     def _attach(self, name: str, topic: bytes) -> tuple[_Segment, int]:
         if not _NAME.match(name):
             raise DecodeError("malformed", f"{name!r} is not a streamfuse segment", topic=topic)
@@ -346,6 +383,8 @@ class ShmReader:
             ) from None
         except ValueError as exc:
             raise DecodeError("malformed", f"segment {name}: {exc}", topic=topic) from None
+        if len(self._segs) >= MAX_SEGMENTS:  # bounded: the oldest mapping goes
+            self._detach(next(iter(self._segs)))
         row = self._register(seg)
         self._segs[name] = (seg, row)
         return seg, row

@@ -36,7 +36,7 @@ from .engine import RESULT_PREFIX
 from .errors import ConfigError, EndpointError
 from .messages import Classification, Heartbeat
 from .rundir import RunDir
-from .transport import Subscriber
+from .transport import Sources, heartbeat_topic
 
 __all__ = ["Supervisor", "sd_notify"]
 
@@ -143,7 +143,14 @@ class _Metrics:
             restarts.add_metric([child.name], child.restarts)
         for cam, n in self.sup.result_counts.items():
             results.add_metric([cam], n)
-        yield from (rate, drops, errors, depth, restarts, results)
+        rejected = CounterMetricFamily(
+            "streamfuse_supervisor_rejected",
+            "Messages the supervisor refused, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in self.sup.rejected().items():
+            rejected.add_metric([reason], n)
+        yield from (rate, drops, errors, depth, restarts, results, rejected)
 
 
 class Supervisor:
@@ -168,6 +175,9 @@ class Supervisor:
         self.result_counts: dict[str, int] = {}
         self.ready = False
         self.failure: str | None = None
+        self.monitor: Sources | None = None
+        self.wrong_kind = 0
+        """Messages whose kind did not match their topic (counted, ignored)."""
         self.ended = "not started"
         """Why :meth:`run` returned: ``eof``, ``stopped`` (a signal or the caller) or ``failed``."""
         self.started_at = time.monotonic()
@@ -247,8 +257,14 @@ class Supervisor:
         self.started_at = time.monotonic()
         if cfg.http.port:
             self._serve_http()
-        endpoints = [cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())]
-        monitor = Subscriber(endpoints, ["heartbeat/", RESULT_PREFIX], rcvhwm=10_000)
+        # Trust by origin: the engine's endpoint speaks for its heartbeat and its results,
+        # a sensor's for its own heartbeat; anything else is rejected, counted, and ignored.
+        results = [RESULT_PREFIX + c.name for c in cfg.cameras]
+        owners = {cfg.engine.output: [heartbeat_topic(RESULT_PREFIX), *results]}
+        for topic in self._sensor_topics():
+            owners.setdefault(cfg.endpoint(topic), []).append(heartbeat_topic(topic))
+        monitor = Sources(owners, rcvhwm=10_000)
+        self.monitor = monitor
         for child in self.children:
             self._start(child)
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
@@ -310,6 +326,9 @@ class Supervisor:
         return [*(self.cfg.camera_topic(c) for c in self.cfg.cameras), self.cfg.mic_topic]
 
     def _observe(self, topic: str, header: Any) -> bool:
+        if isinstance(header, Heartbeat) != topic.startswith("heartbeat/"):
+            self.wrong_kind += 1  # a result on a heartbeat topic, or the other way round
+            return False
         if isinstance(header, Classification):
             self.result_counts[header.stream] = self.result_counts.get(header.stream, 0) + 1
             for stage, ns in header.latency.items():
@@ -407,6 +426,13 @@ class Supervisor:
 
     # --- health ---------------------------------------------------------------------------
 
+    def rejected(self) -> dict[str, int]:
+        """Messages the supervisor refused, by reason (``foreign_topic``: forged)."""
+        out = dict(self.monitor.rejected) if self.monitor is not None else {}
+        if self.wrong_kind:
+            out["wrong_kind"] = self.wrong_kind
+        return out
+
     def healthy(self) -> bool:
         seen = self.hb_seen_at.get(RESULT_PREFIX)
         return seen is not None and time.monotonic() - seen < HEALTHY_S
@@ -427,6 +453,7 @@ class Supervisor:
                 for c in self.children
             },
             "heartbeat_age_s": {k: round(now - v, 3) for k, v in self.hb_seen_at.items()},
+            "rejected": self.rejected(),
             "classifications": self.result_counts,
         }
 

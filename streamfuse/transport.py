@@ -33,10 +33,17 @@ __all__ = ["Publisher", "StreamStats", "Subscriber", "heartbeat_topic"]
 
 log = logging.getLogger(__name__)
 
+#: Per-topic statistics a subscriber keeps at most (topics past it are delivered, not counted).
+MAX_TOPICS = 1024
+
 
 def heartbeat_topic(topic: str) -> str:
     """The topic a process publishes its heartbeats on, for data topic ``topic``."""
     return f"heartbeat/{topic}"
+
+
+def _b(topic: str | bytes) -> bytes:
+    return topic.encode() if isinstance(topic, str) else topic
 
 
 def _socket_file(endpoint: str) -> tuple[str, int] | None:
@@ -124,13 +131,17 @@ class Publisher:
         if payload is not None:
             ring = self._ring(t, payload) if self._shm else None
             if ring is not None:
-                if ring.owns(payload):  # filled in place after loan(): nothing to copy
-                    ref = ring.commit()
+                try:
+                    if ring.owns(payload):  # filled in place after loan(): nothing to copy
+                        ref = ring.commit()
+                    else:
+                        ref = ring.write(payload, wait=self._lossless)
+                except OSError as exc:  # /dev/shm is full: this and what follows go inline
+                    self._shm_failed(t, exc)
                 else:
-                    ref = ring.write(payload, wait=self._lossless)
-                parts += [SHM_TAG, ref]
-                self._sock.send_multipart(parts)  # a few hundred bytes: copying is cheaper
-                return
+                    parts += [SHM_TAG, ref]
+                    self._sock.send_multipart(parts)  # a few hundred bytes: copying is cheaper
+                    return
             parts.append(payload)
         self._sock.send_multipart(parts, copy=False)
 
@@ -147,9 +158,20 @@ class Publisher:
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dt.itemsize
         ring = self._ring(t, nbytes) if self._shm else None
-        if ring is None:
-            return np.empty(shape, dt)
-        return ring.loan(nbytes, wait=self._lossless).view(dt).reshape(shape)
+        if ring is not None:
+            try:
+                return ring.loan(nbytes, wait=self._lossless).view(dt).reshape(shape)
+            except OSError as exc:
+                self._shm_failed(t, exc)
+        return np.empty(shape, dt)
+
+    def _shm_failed(self, topic: bytes, exc: OSError) -> None:
+        log.warning(
+            "%s: shared memory failed (%s); sending inline from now on",
+            topic.decode("utf-8", "replace"),
+            exc.strerror or exc,
+        )
+        self._shm = False
 
     def _ring(self, topic: bytes, payload: object) -> Ring | None:
         """The shared-memory ring for ``topic``'s payloads, or ``None`` to send inline."""
@@ -269,8 +291,11 @@ class Subscriber:
         rcvhwm: int = 64,
         max_payload: int = messages.MAX_PAYLOAD_BYTES,
         shm_copy: bool = True,
+        owns: Iterable[str | bytes] | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        self._owns = None if owns is None else {_b(t) for t in owns}
+        """Exact topics these endpoints speak for; any other is rejected ``foreign_topic``."""
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -288,6 +313,7 @@ class Subscriber:
         self._stats = _Stats()
         self._shm = ShmReader(copy=shm_copy)
         self._last_complaint = 0.0
+        self._internal_logged: set[bytes] = set()
         self._rcvtimeo = -1
 
     @property
@@ -318,7 +344,11 @@ class Subscriber:
     def recv_raw(
         self, timeout: float | None = None
     ) -> tuple[Envelope, list[bytes | memoryview]] | None:
-        """:meth:`recv`, plus the frames exactly as they arrived (for a recorder)."""
+        """:meth:`recv`, plus the frames exactly as they arrived (for a recorder).
+
+        No message can make this raise: what decoding rejects is counted by reason, and
+        anything else one message provokes (a bug) is counted as ``internal_error``,
+        logged once per topic with the exception, and skipped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # A receive timeout on the socket, not a poll() before each recv: one wake-up
@@ -331,20 +361,44 @@ class Subscriber:
                 frames = self._sock.recv_multipart(copy=False)
             except zmq.Again:
                 return None
-            # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
-            parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
-            if len(frames) == 4 and frames[2].bytes == SHM_TAG:
-                try:
-                    parts.append(self._shm.read(frames[3].buffer, parts[0]))  # type: ignore[arg-type]
-                except DecodeError as err:
-                    self._reject(err)
-                    continue
-                self._stats.shm += 1
-            else:
-                parts.extend(f.buffer for f in frames[2:])
-            env = self._accept(parts)
-            if env is not None:
-                return env, parts
+            try:
+                got = self._take(frames)
+            except Exception as exc:  # the last resort: one message never ends a reader
+                self._internal_error(frames, exc)
+                continue
+            if got is not None:
+                return got
+
+    def _take(self, frames: list[zmq.Frame]) -> tuple[Envelope, list[bytes | memoryview]] | None:
+        # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
+        parts: list[bytes | memoryview] = [f.bytes for f in frames[:2]]
+        if self._owns is not None and parts[0] not in self._owns:
+            topic = bytes(parts[0])[:64]
+            self._reject(DecodeError("foreign_topic", "not a topic of its endpoint", topic=topic))
+            return None
+        if len(frames) == 4 and frames[2].bytes == SHM_TAG:
+            try:
+                parts.append(self._shm.read(frames[3].buffer, parts[0]))  # type: ignore[arg-type]
+            except DecodeError as err:
+                self._reject(err)
+                return None
+            self._stats.shm += 1
+        else:
+            parts.extend(f.buffer for f in frames[2:])
+        env = self._accept(parts)
+        return None if env is None else (env, parts)
+
+    def _internal_error(self, frames: list[zmq.Frame], exc: Exception) -> None:
+        topic = frames[0].bytes[:64] if frames else b""
+        self._stats.rejected["internal_error"] += 1
+        if topic not in self._internal_logged and len(self._internal_logged) < 64:
+            self._internal_logged.add(topic)
+            log.error(
+                "internal error on a message of topic %r (counted, skipped): %s: %s",
+                topic.decode("utf-8", "replace"),
+                type(exc).__name__,
+                exc,
+            )
 
     def _accept(self, parts: list[bytes | memoryview]) -> Envelope | None:
         try:
@@ -363,7 +417,11 @@ class Subscriber:
             log.warning("%s (%d rejected so far)", err, sum(self._stats.rejected.values()))
 
     def _count(self, env: Envelope) -> None:
-        st = self._stats.streams.setdefault(env.topic, StreamStats())
+        st = self._stats.streams.get(env.topic)
+        if st is None:
+            if len(self._stats.streams) >= MAX_TOPICS:  # a flood of new topics: no new state
+                return
+            st = self._stats.streams[env.topic] = StreamStats()
         st.add(env.header.seq, env.header.t_capture)
 
     def intact(self, env: Envelope) -> bool:
@@ -375,6 +433,76 @@ class Subscriber:
         self._shm.close()
 
     def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sources:
+    """Receive from several publishers, each trusted only for the topics it owns.
+
+    One :class:`Subscriber` per endpoint, subscribed to exactly its topics: a camera's
+    endpoint can never speak for the microphone, a heartbeat of the engine or a result.
+    What an endpoint sends on another topic is rejected ``foreign_topic`` and creates no
+    state. The interface is :class:`Subscriber`'s (``recv``, ``recv_raw``, ``streams``,
+    ``rejected``), so one reader code serves both.
+    """
+
+    def __init__(
+        self, owners: dict[str, list[str]], *, rcvhwm: int = 64, shm_copy: bool = True
+    ) -> None:
+        self._subs: list[Subscriber] = []
+        try:
+            for endpoint, topics in owners.items():
+                self._subs.append(
+                    Subscriber(endpoint, topics, rcvhwm=rcvhwm, shm_copy=shm_copy, owns=topics)
+                )
+        except EndpointError:
+            self.close()
+            raise
+        self._poller = zmq.Poller()
+        for sub in self._subs:
+            self._poller.register(sub.socket, zmq.POLLIN)
+        self._next = 0
+
+    @property
+    def streams(self) -> dict[bytes, StreamStats]:
+        return {t: st for sub in self._subs for t, st in sub.streams.items()}
+
+    @property
+    def rejected(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for sub in self._subs:
+            total.update(sub.rejected)
+        return total
+
+    def recv(self, timeout: float | None = None) -> Envelope | None:
+        got = self.recv_raw(timeout)
+        return None if got is None else got[0]
+
+    def recv_raw(
+        self, timeout: float | None = None
+    ) -> tuple[Envelope, list[bytes | memoryview]] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # Round-robin over the ready ones, so a flooding publisher cannot starve the rest.
+            for k in range(len(self._subs)):
+                sub = self._subs[(self._next + k) % len(self._subs)]
+                got = sub.recv_raw(timeout=0)
+                if got is not None:
+                    self._next = (self._next + k + 1) % len(self._subs)
+                    return got
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._poller.poll(None if left is None else max(1, int(left * 1000)))
+
+    def close(self) -> None:
+        for sub in self._subs:
+            sub.close()
+
+    def __enter__(self) -> Sources:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgpack
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from streamfuse import messages as m
 from streamfuse.errors import EndpointError
-from streamfuse.transport import Publisher, Subscriber
+from streamfuse.transport import Publisher, Sources, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +120,30 @@ def test_two_publishers_cannot_bind_one_endpoint(zctx: zmq.Context) -> None:
             Publisher(first.endpoint, context=zctx)
     finally:
         first.close()
+
+
+def test_each_endpoint_speaks_only_for_its_own_topics(tmp_path: Path) -> None:
+    """Trust by origin: the camera's endpoint cannot speak for the microphone (its topic is
+    never even subscribed there) nor for a look-alike of its own topic (rejected
+    ``foreign_topic``, no state); the microphone's own heartbeat arrives."""
+    cam_ep, mic_ep = f"ipc://{tmp_path}/cam", f"ipc://{tmp_path}/mic"
+    beat = m.Heartbeat(stream="x", t_capture=1, state="eof")
+    with (
+        Publisher(cam_ep, lossless=True) as cam,
+        Publisher(mic_ep, lossless=True) as mic,
+        Sources(
+            {cam_ep: ["video/front", "heartbeat/video/front"], mic_ep: ["heartbeat/audio/mic0"]}
+        ) as sources,
+    ):
+        assert cam.wait_for_subscriber(5, b"heartbeat/video/front")
+        assert mic.wait_for_subscriber(5, b"heartbeat/audio/mic0")
+        cam.send("heartbeat/audio/mic0", beat)  # the camera forging the mic's end
+        for i in range(100):
+            cam.send(f"heartbeat/video/front{i}", beat)  # look-alikes of its own topic
+        cam.send("video/front", *frame(0))
+        mic.send("heartbeat/audio/mic0", beat)
+        got = [sources.recv(timeout=5) for _ in range(2)]
+        assert sources.recv(timeout=0.3) is None
+    assert sorted(e.topic for e in got if e) == [b"heartbeat/audio/mic0", b"video/front"]
+    assert sources.rejected == {"foreign_topic": 100}
+    assert set(sources.streams) == {b"heartbeat/audio/mic0", b"video/front"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,10 +12,10 @@ from streamfuse import messages as m
 from streamfuse.errors import DecodeError
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
-nanos = st.integers(0, 2**63 - 1)
+nanos = st.integers(0, m.MAX_INT - 1)
 base = {
     "stream": names,
-    "seq": st.integers(0, 2**63 - 1),
+    "seq": st.integers(0, m.MAX_INT - 1),
     "t_capture": nanos,
     "t_wall": nanos,
     "media_pos": st.none() | nanos,
@@ -29,25 +30,25 @@ video = st.builds(
 )
 audio = st.builds(
     m.AudioWindow,
-    sample_rate=st.integers(1, 96000),
+    sample_rate=st.integers(1000, 384_000),
     channels=st.integers(1, 8),
     sample_format=st.sampled_from(sorted(m.SAMPLE_FORMATS)),
     n_samples=st.integers(1, 512),
-    **base,
+    **{**base, "t_capture": st.integers(0, m.MAX_INT - m.MAX_WINDOW_NS - 1)},
 )
-floats = st.floats(allow_nan=False, allow_infinity=False)
+probabilities = st.floats(0.0, 1.0)
 classification = st.builds(
     m.Classification,
     label=st.text(max_size=10),
-    score=floats,
-    topk=st.lists(st.tuples(st.text(max_size=5), floats), max_size=3),
+    score=probabilities,
+    topk=st.lists(st.tuples(st.text(max_size=5), probabilities), max_size=3),
     **base,
 )
 counters = st.dictionaries(st.text(max_size=10), st.integers(0, 2**31), max_size=4)
 heartbeat = st.builds(
     m.Heartbeat,
     source=st.text(max_size=20),
-    rate_hz=floats,
+    rate_hz=st.floats(0.0, 1e9),
     sent=st.integers(0, 2**40),
     drops=counters,
     errors=counters,
@@ -59,7 +60,11 @@ any_header = st.one_of(video, audio, classification, heartbeat)
 
 def payload_for(h: m.Message) -> bytes | None:
     size = m.expected_payload_size(h)
-    return None if not size else bytes(range(256)) * (size // 256) + bytes(size % 256)
+    if not size:
+        return None
+    if isinstance(h, m.AudioWindow) and h.sample_format == "f32le":  # finite samples only
+        return np.linspace(-1, 1, size // 4, dtype="<f4").tobytes()
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
 
 
 def parts(h: m.Message, payload: bytes | None = None) -> list[bytes]:
