@@ -195,14 +195,29 @@ def _backend_class(name: str) -> type[Any]:
         raise BackendError(name, f"plugin failed to load: {exc}") from None
 
 
+def no_nvidia_gpu() -> str | None:
+    """Why no NVIDIA GPU can be here (no device node), or None; cheap, imports nothing, so
+    ``auto`` on a CPU box never pays for importing torch to learn that CUDA is absent."""
+    import glob
+
+    nodes = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/nvhost-ctrl-gpu")  # + Jetson
+    return None if nodes else "no NVIDIA GPU device here (/dev/nvidia*)"
+
+
+def _usable(name: str, device: str) -> str | None:
+    """Why (name, device) cannot run here, or None."""
+    try:
+        reason: str | None = _backend_class(name).unavailable(device)
+    except BackendError as err:
+        reason = err.problem
+    return reason
+
+
 def available_backends() -> list[dict[str, Any]]:
     """Every (backend, device) pair ``auto`` considers, with why it is or is not usable."""
     rows = []
     for name, device in AUTO_ORDER:
-        try:
-            reason = _backend_class(name).unavailable(device)
-        except BackendError as err:
-            reason = err.problem
+        reason = _usable(name, device)
         rows.append(
             {"backend": name, "device": device, "available": reason is None, "reason": reason}
         )
@@ -220,11 +235,18 @@ def open_backend(
     model = model or ModelInfo.load()
     options = options or BackendOptions()
     if name == "auto":
-        rows = available_backends()
-        usable = next((row for row in rows if row["available"]), None)
+        rows: list[dict[str, Any]] = []
+        usable = None
+        for candidate, device in AUTO_ORDER:  # stop at the first: probe no more than needed
+            reason = _usable(candidate, device)
+            row = {"backend": candidate, "device": device, "available": reason is None}
+            rows.append({**row, "reason": reason})
+            if reason is None:
+                usable = rows[-1]
+                break
         if usable is None:
             raise BackendError("auto", "no backend can run here: " + _skipped(rows))
-        skipped = _skipped(rows[: rows.index(usable)])
+        skipped = _skipped(rows[:-1])
         log.info(
             "backend auto: %s on %s%s",
             usable["backend"],

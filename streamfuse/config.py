@@ -160,8 +160,13 @@ class RunConfig(_Section):
         10.0,
     )
     hang_timeout_s: Annotated[
-        float, _opt("a child silent this long is killed and restarted; 0: never", ge=0.0, le=3600.0)
-    ] = 10.0
+        float,
+        _opt(
+            "a child silent this long (3 heartbeats) is killed, restarted; 0: never",
+            ge=0.0,
+            le=3600.0,
+        ),
+    ] = 3.0
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.cameras]

@@ -175,12 +175,40 @@ def render_systemd_unit(exec_path: str | None, config_path: str) -> str:
     return template.replace("@EXEC@", exec_path).replace("@CONFIG@", config_path)
 
 
+def _check_free(endpoint: str, field: str) -> None:
+    """A tcp:// endpoint whose port another process listens on is an error now, not an
+    engine that fails to bind at every restart."""
+    import errno
+    import socket
+
+    from .errors import ConfigError
+
+    if not endpoint.startswith("tcp://"):
+        return
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if port == "*":
+        return
+    host = "0.0.0.0" if host == "*" else host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    field, f"{endpoint}: the port is in use by another process"
+                ) from None
+            raise ConfigError(field, f"{endpoint}: cannot bind ({exc.strerror})") from None
+
+
 def _preflight(cfg: RunConfig) -> None:
     """Fail now, with one clear line, on what would make the engine crash at every restart."""
     from .backend import ModelInfo, backend_names
     from .errors import ConfigError
 
     ModelInfo.load(cfg.engine.model)
+    _check_free(cfg.engine.output, "engine.output")
     names = backend_names()
     if cfg.engine.backend != "auto" and cfg.engine.backend not in names:
         raise ConfigError(

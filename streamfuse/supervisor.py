@@ -1,8 +1,10 @@
 """``streamfuse run``: start the camera, microphone and engine processes and keep them up.
 
 - Children are ``python -m streamfuse capture ...`` / ``engine ...`` processes. A child
-  that crashes is restarted after a backoff that doubles (0.5 s -> 10 s by default) and
-  resets once it has run for 30 s; one that ends normally (a file at its end) is not. A child
+  that exits is restarted, whatever its status, after a backoff that doubles (0.5 s -> 10 s
+  by default) and resets once it has run for 30 s; only a sensor whose last heartbeat says
+  ``eof`` (a file at its end) or a replay at its end is done. A recorder restarts onto a new
+  part of its file. A child
   whose heartbeats stop for ``hang_timeout_s`` (hung, not crashed) is killed and restarted
   the same way.
 - SIGTERM/SIGINT stop the sensors first, then the engine; a child that has not exited after
@@ -29,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, dump_config, validate
@@ -65,6 +68,12 @@ def sd_notify(state: str) -> bool:
         return False
 
 
+def record_part(path: str, n: int) -> str:
+    """``session.mcap`` -> ``session.part1.mcap``: where a restarted recorder goes on."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.part{n}{p.suffix}"))
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     try:
         import ctypes
@@ -84,6 +93,7 @@ class Child:
     """The stream its heartbeats name (``result/`` for the engine, its topic for a sensor)."""
     hangs: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    last_pid: int | None = None
     started_at: float = 0.0
     restarts: int = 0
     backoff: float = 0.0
@@ -176,6 +186,8 @@ class Supervisor:
         self.ready = False
         self.failure: str | None = None
         self.monitor: Sources | None = None
+        self.record_parts: list[str] = [record] if record else []
+        """The files the recorder wrote: a restarted recorder starts a new part."""
         self.wrong_kind = 0
         """Messages whose kind did not match their topic (counted, ignored)."""
         self.ended = "not started"
@@ -208,8 +220,8 @@ class Supervisor:
             argv = [*py, "record", "--out", self.record]
             for ep in (cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())):
                 argv += ["--endpoint", ep]
-            # not restarted: a second recorder would overwrite the first one's file
-            children.append(Child("recorder", argv, sensor=False, restart=False))
+            # restarted like any child, each time onto a new part: never over the last file
+            children.append(Child("recorder", argv, sensor=False))
         if self.replay:
             argv = [*py, "replay", self.replay, "--run-dir", cfg.run_dir]
             children.append(Child("replay", [*argv, "--wait-for-subscriber", "15"], sensor=True))
@@ -231,12 +243,18 @@ class Supervisor:
         return children
 
     def _start(self, child: Child) -> None:
+        argv = child.argv
+        if child.name == "recorder" and self.record and child.restarts:
+            argv = list(argv)
+            argv[argv.index("--out") + 1] = record_part(self.record, child.restarts)
+            self.record_parts.append(argv[argv.index("--out") + 1])
         child.proc = subprocess.Popen(
-            child.argv,
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=None,
             preexec_fn=_die_with_parent,
         )
+        child.last_pid = child.proc.pid
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("started %s (pid %d)", child.name, child.proc.pid)
@@ -320,6 +338,7 @@ class Supervisor:
             },
             "engine_drops": dict(engine.drops) if engine is not None else {},
             "restarts": {c.name: c.restarts for c in self.children},
+            **({"recorded": self.record_parts} if self.record else {}),
         }
 
     def _sensor_topics(self) -> list[str]:
@@ -376,8 +395,14 @@ class Supervisor:
             child.exit_codes.append(rc)
             child.proc = None
             if rc == 0 and child.sensor:
+                self._drain_until_final(child)  # its last heartbeat may still be queued
+            last = self.heartbeats.get(child.heartbeat) if child.heartbeat else None
+            if rc == 0 and child.sensor and last is not None and last.state in ("eof", "limit"):
                 log.info("%s ended (end of its source)", child.name)
                 child.done = True
+                continue
+            if rc == 0 and child.name == "replay":
+                child.done = True  # a recording replayed to its end
                 continue
             if not child.restart:
                 log.error("%s exited with status %d; not restarted", child.name, rc)
@@ -394,6 +419,17 @@ class Supervisor:
                 "%s exited with status %d; restarting in %.1f s", child.name, rc, child.backoff
             )
         return True
+
+    def _drain_until_final(self, child: Child, limit_s: float = 0.25) -> None:
+        """Read queued heartbeats until ``child``'s final one (not ``running``) is in."""
+        deadline = time.monotonic() + limit_s
+        while self.monitor is not None and time.monotonic() < deadline:
+            last = self.heartbeats.get(child.heartbeat or "")
+            if last is not None and last.state != "running" and last.pid == child.last_pid:
+                return
+            env = self.monitor.recv(timeout=0.05)
+            if env is not None:
+                self._observe(env.topic.decode(), env.header)
 
     def _stop_children(self) -> None:
         # Sensors first (their last heartbeats reach the engine), then the engine, then the

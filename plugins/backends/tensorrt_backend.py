@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision
+from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision, no_nvidia_gpu
 from streamfuse.enginecache import CacheHit, EngineCache, atomic_write
 from streamfuse.errors import BackendError
 
@@ -232,12 +232,14 @@ class TensorRTBackend:
             check_tensorrt()
         except ImportError as exc:
             return f"tensorrt is not importable: {exc}"
+        if not device.startswith("cuda"):
+            return "TensorRT runs on cuda devices only"
+        if (no_gpu := no_nvidia_gpu()) is not None:
+            return no_gpu
         try:
             import torch
         except ImportError as exc:
             return f"torch (for CUDA buffers) is not importable: {exc}"
-        if not device.startswith("cuda"):
-            return "TensorRT runs on cuda devices only"
         if not torch.cuda.is_available():
             return "no CUDA GPU visible to torch"
         return None

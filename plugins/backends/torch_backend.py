@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision
+from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision, no_nvidia_gpu
 from streamfuse.errors import BackendError, ConfigError
 
 
@@ -35,6 +35,8 @@ class TorchBackend:
 
     @classmethod
     def unavailable(cls, device: str) -> str | None:
+        if device.startswith("cuda") and (no_gpu := no_nvidia_gpu()) is not None:
+            return no_gpu  # without importing torch (a second on a small box)
         try:
             import torch
         except ImportError as exc:

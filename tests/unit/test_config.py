@@ -9,7 +9,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamfuse.config import RunConfig, load_config
+from streamfuse.config import (
+    EngineConfig,
+    HttpConfig,
+    MicConfig,
+    RunConfig,
+    SyncSection,
+    load_config,
+)
 from streamfuse.errors import ConfigError
 
 SECTIONS = ["mic", "sync", "engine", "http"]
@@ -107,3 +114,58 @@ def test_unreadable_files_are_named(content: bytes, tmp_path: Path) -> None:
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=str(path)):
         load_config(path)
+
+
+# Structure-aware: the schema's own keys with values of every kind, nested, at the edges.
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["", "tcp://127.0.0.1:0", "tcp://h:99999", "ipc:///x", "cpu", "cuda:0"]),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_keys = {
+    "cameras": ["name", "source", "fps", "width", "height", "jpeg"],
+    "mic": list(MicConfig.__struct_fields__),
+    "sync": list(SyncSection.__struct_fields__),
+    "engine": list(EngineConfig.__struct_fields__),
+    "http": list(HttpConfig.__struct_fields__),
+}
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> dict[str, object]:
+    raw: dict[str, object] = {}
+    for section in draw(st.lists(st.sampled_from([*_keys, "run_dir", "hang_timeout_s",
+                                                  "restart_backoff_s"]), max_size=4)):  # fmt: skip
+        if section not in _keys:
+            raw[section] = draw(_values)
+            continue
+        body = {
+            k: draw(_values) for k in draw(st.lists(st.sampled_from(_keys[section]), max_size=3))
+        }
+        raw[section] = [body] if section == "cameras" and draw(st.booleans()) else body
+    return raw
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_configs())
+def test_any_config_loads_or_is_one_line_naming_field_and_file(
+    raw: dict[str, object], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = tmp_path_factory.mktemp("cfg") / "site.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        assert err.file == str(path) and err.field
+        assert "\n" not in str(err) and str(path) in str(err)
+    else:  # what loads is within the documented ranges
+        assert 0 <= cfg.http.port <= 65535 and 1 <= cfg.engine.max_batch <= 256
+        assert all(c.fps is None or 0 < c.fps <= 1000 for c in cfg.cameras)
+        assert cfg.mic.hop_ms <= cfg.mic.window_ms

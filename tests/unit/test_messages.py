@@ -223,3 +223,54 @@ def test_arrays_are_views_of_the_payload() -> None:
 def test_audio_window_end_time() -> None:
     w = m.AudioWindow(stream="a", t_capture=1_000, sample_rate=16000, channels=1, n_samples=8000)
     assert w.t_end == 1_000 + 500_000_000
+
+
+# Structure-aware hostile headers: the real keys, every kind, values at and past the edges.
+_edge_ints = st.sampled_from([-1, 0, 1, 2**31, 2**32, 2**62 - 1, 2**62, 2**63 - 1, 2**64 - 1])
+_hostile_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | _edge_ints
+    | st.floats()
+    | st.text(max_size=300)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_all_keys = sorted(
+    {f for t in (m.VideoFrame, m.AudioWindow, m.Classification, m.Heartbeat)
+     for f in t.__struct_fields__} | {"kind"}
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    kind=st.sampled_from(["video", "audio", "classification", "heartbeat", "other", 7]),
+    fields=st.dictionaries(st.sampled_from(_all_keys), _hostile_values, max_size=8),
+    topic=st.binary(min_size=0, max_size=300),
+    payload=st.none() | st.binary(max_size=256),
+    depth=st.integers(0, 2000),
+)
+def test_hostile_headers_are_accepted_or_rejected_by_reason_never_raised(
+    kind: object, fields: dict[str, object], topic: bytes, payload: bytes | None, depth: int
+) -> None:
+    header = msgpack.packb({"v": 1, "kind": kind, **fields}, use_bin_type=True)
+    if depth:  # wrap the whole header in `depth` one-element arrays
+        header = b"\x91" * depth + header
+    frames = [topic, header] + ([payload] if payload is not None else [])
+    try:
+        env = m.decode(frames)
+    except DecodeError as err:
+        assert err.reason in {
+            "malformed", "truncated", "oversized", "invalid", "size_mismatch",
+            "unknown_version", "unknown_kind",
+        }  # fmt: skip
+        assert "\n" not in str(err)
+        return
+    h = env.header  # what passes is within the ranges every reader relies on
+    assert 0 <= h.seq < m.MAX_INT and 0 <= h.t_capture < m.MAX_INT
+    assert env.topic.decode("utf-8") and len(env.topic) <= m.MAX_TOPIC_BYTES
+    m.encode(h)  # and can be sent on again (a heartbeat, a recording)

@@ -1,0 +1,150 @@
+"""The supervisor against children that misbehave: stopped by someone else, hung, killed;
+and the engine's way back after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamfuse import Client
+
+from ..conftest import Children
+from .helpers import http_json, pid_alive, run_cli, wait_healthy, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def _wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _child(port: int, name: str) -> dict:  # type: ignore[type-arg]
+    return http_json(port, "/healthz")[1]["children"][name]  # type: ignore[no-any-return]
+
+
+def test_a_live_camera_stopped_by_sigterm_is_restarted(tmp_path: Path, children: Children) -> None:
+    """Its exit status is 0, but its source is live (no ``eof``): it must come back."""
+    path, cfg = write_config(tmp_path)
+    sup = children.streamfuse("run", "--config", str(path))
+    port = cfg["http"]["port"]
+    first = wait_healthy(port)["children"]["camera front"]["pid"]
+    os.kill(first, signal.SIGTERM)
+    again = _wait_for(
+        lambda: (c := _child(port, "camera front"))["pid"] not in (None, first) and c,
+        15,
+        "the camera restarted",
+    )
+    assert again["restarts"] == 1 and again["exit_codes"] == [0]
+    wait_healthy(port)
+    status, _, err = children.stop(sup)
+    assert status == 0 and "ended (end of its source)" not in err
+
+
+def test_a_hung_camera_is_killed_within_three_heartbeats_by_default(
+    tmp_path: Path, children: Children
+) -> None:
+    path, cfg = write_config(tmp_path)
+    assert "hang_timeout_s" not in cfg  # the default: 3 s
+    sup = children.streamfuse("run", "--config", str(path))
+    port = cfg["http"]["port"]
+    pid = wait_healthy(port)["children"]["camera front"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _wait_for(lambda: _child(port, "camera front")["hangs"] >= 1, 10, "hang detected")
+        took = time.monotonic() - stopped
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # the last heartbeat was up to 1 s before the stop; the loop looks every 50 ms
+    assert took <= 3.5, took
+    children.stop(sup)
+
+
+@pytest.mark.parametrize("backoff", [None, [0.2, 1.0]], ids=["default-backoff", "fast-backoff"])
+def test_the_engine_is_back_to_classifying_soon_after_kill_9(
+    backoff: list[float] | None, tmp_path: Path, children: Children
+) -> None:
+    """A result whose inputs were captured after the kill can only be the new engine's."""
+    extra = {"restart_backoff_s": backoff} if backoff else {}
+    path, cfg = write_config(tmp_path, **extra)
+    if not backoff:
+        cfg.pop("restart_backoff_s")
+        path.write_text(yaml.safe_dump(cfg))
+    sup = children.streamfuse("run", "--config", str(path))
+    engine = wait_healthy(cfg["http"]["port"])["children"]["engine"]["pid"]
+    with Client(cfg["engine"]["output"]) as client:
+        assert client.recv(timeout=15) is not None
+        os.kill(engine, signal.SIGKILL)
+        killed_ns = time.monotonic_ns()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = client.recv(timeout=1)
+            if r is not None and min(i.t0 for i in r.inputs) > killed_ns:
+                break
+        else:
+            raise AssertionError("no result from a restarted engine within 15 s")
+        back = (time.monotonic_ns() - killed_ns) / 1e9
+    print(
+        f"engine kill -9 -> first result of the new engine ({backoff or 'default'}): {back:.2f} s"
+    )
+    # restart delay + start-up (no torch import) + one window (1 s) captured after the kill
+    assert back < (backoff or [0.5])[0] + 2.5, back
+    children.stop(sup)
+
+
+def test_the_output_port_in_use_is_one_line_at_start(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path, _ = write_config(tmp_path, engine={"output": f"tcp://127.0.0.1:{port}"})
+        res = run_cli("run", "--config", str(path), timeout=30)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"error: engine.output: tcp://127.0.0.1:{port}: the port is in use by another process"
+    ]
+
+
+def test_a_recorder_that_dies_is_restarted_onto_a_new_part(
+    tmp_path: Path, children: Children
+) -> None:
+    """Never silently: the first part is whole up to the kill (a readable MCAP, or one
+    `streamfuse recover` completes), the second goes on, /healthz counts the restart and
+    the summary names both files."""
+    from streamfuse.record import read_recording
+
+    path, cfg = write_config(tmp_path)
+    out = tmp_path / "session.mcap"
+    sup = children.streamfuse("run", "--config", str(path), "--record", str(out), "--json")
+    port = cfg["http"]["port"]
+    recorder = wait_healthy(port)["children"]["recorder"]["pid"]
+    time.sleep(1.5)
+    os.kill(recorder, signal.SIGKILL)
+    part = tmp_path / "session.part1.mcap"
+    _wait_for(lambda: part.exists() and part.stat().st_size > 0, 15, "a second part")
+    time.sleep(1.5)
+    assert _child(port, "recorder")["restarts"] == 1
+    status, _, err = children.stop(sup)
+    assert status == 0, err
+    summary = json.loads(err.strip().splitlines()[-1])["summary"]
+    assert summary["recorded"] == [str(out), str(part)]
+    second = read_recording(part)
+    assert second.problem is None and any(m.topic == "result/front" for m in second.messages)
+    fixed = tmp_path / "fixed.mcap"
+    assert run_cli("recover", str(out), str(fixed)).returncode == 0
+    assert any(m.topic == "video/front" for m in read_recording(fixed).messages)
