@@ -20,7 +20,7 @@ import click
 
 from .capture import AudioOptions, VideoOptions, open_source, run_capture
 from .errors import ConfigError, StreamfuseError
-from .transport import Publisher, Subscriber
+from .transport import MAX_TOPICS, Publisher, Subscriber
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("streamfuse")
@@ -265,7 +265,8 @@ def subscribe(
             if env is None:
                 continue
             now = time.monotonic_ns()
-            views.setdefault(env.topic, TopicView()).add(env, now)
+            if env.topic in views or len(views) < MAX_TOPICS:  # bounded, like the counts
+                views.setdefault(env.topic, TopicView()).add(env, now)
             n += 1
             if as_json:
                 click.echo(json.dumps(envelope_json(env, now)))

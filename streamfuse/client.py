@@ -20,6 +20,7 @@ the app missed (its own queue overflowed, or the daemon restarted) show in :attr
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -29,7 +30,9 @@ import zmq.asyncio
 from . import messages
 from .errors import DecodeError, EndpointError
 from .messages import Classification
-from .transport import StreamStats
+from .transport import MAX_TOPICS, StreamStats
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Client"]
 
@@ -95,10 +98,18 @@ class Client:
         except DecodeError:
             self.rejected += 1
             return None
+        except Exception:  # the last resort: one message never ends an app's loop
+            self.rejected += 1
+            log.exception("internal error on a received message (counted, skipped)")
+            return None
         header = env.header
         if not isinstance(header, Classification):
             return None
-        self.streams.setdefault(env.topic, StreamStats()).add(header.seq, header.t_capture)
+        st = self.streams.get(env.topic)
+        if st is None and len(self.streams) < MAX_TOPICS:  # bounded: no state past it
+            st = self.streams[env.topic] = StreamStats()
+        if st is not None:
+            st.add(header.seq, header.t_capture)
         return header
 
     @property
