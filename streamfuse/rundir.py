@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
+from .shm import pid_alive
 
 __all__ = ["RunDir", "sweep_stale"]
 
@@ -109,23 +110,13 @@ def sweep_stale(tmp: str | None = None, shm: str = "/dev/shm") -> list[str]:
     with contextlib.suppress(OSError):
         for name in os.listdir(shm):
             m = _SEGMENT.match(name)
-            if m and not _alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(shm, name))
                     removed.append(os.path.join(shm, name))
     if removed:
         log.info("removed %d stale run folder(s)/segment(s) of dead processes", len(removed))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process, or nothing we should touch
-    return True
 
 
 def _is_socket(path: Path) -> bool:

@@ -261,7 +261,7 @@ class Ring:
             return
         self._pids_checked = now
         for row in readers:
-            if row[0] != 0 and not _alive(int(row[1])):
+            if row[0] != 0 and not pid_alive(int(row[1])):
                 log.warning("shared-memory reader pid %d is gone; no longer waiting for it", row[1])
                 row[0] = 0
 
@@ -276,10 +276,13 @@ def _buf(shm: SharedMemory) -> memoryview:
     return buf
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's counts; a pid no kernel has, not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return False
+    except OverflowError:
         return False
     except PermissionError:
         return True

@@ -394,15 +394,15 @@ class Supervisor:
                 continue
             child.exit_codes.append(rc)
             child.proc = None
+            if rc == 0 and child.name == "replay":
+                child.done = True  # a recording replayed to its end
+                continue
             if rc == 0 and child.sensor:
                 self._drain_until_final(child)  # its last heartbeat may still be queued
             last = self.heartbeats.get(child.heartbeat) if child.heartbeat else None
             if rc == 0 and child.sensor and last is not None and last.state in ("eof", "limit"):
                 log.info("%s ended (end of its source)", child.name)
                 child.done = True
-                continue
-            if rc == 0 and child.name == "replay":
-                child.done = True  # a recording replayed to its end
                 continue
             if not child.restart:
                 log.error("%s exited with status %d; not restarted", child.name, rc)

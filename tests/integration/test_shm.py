@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from streamfuse.errors import ConfigError
 from streamfuse.shm import TAG
 from streamfuse.transport import Publisher, Subscriber
 
+from ..conftest import require
 from .helpers import run_cli
 
 pytestmark = [
@@ -320,3 +322,66 @@ def test_a_bad_shm_setting_or_a_foreign_segment_is_named(
         raw.close(linger=0)
         foreign.close()
         foreign.unlink()
+
+
+FULL_SHM = """
+import sys, numpy as np
+from streamfuse.messages import VideoFrame
+from streamfuse.transport import Publisher, Subscriber
+ep = sys.argv[1]
+frame = np.zeros((480, 640, 3), np.uint8)  # 921,600 bytes a slot
+def send(pub, i):
+    pub.send("video/front", VideoFrame(stream="front", seq=i, t_capture=i, width=640,
+             height=480), frame)
+with Publisher(ep) as pub, Subscriber(ep, ["video/"]) as sub:
+    assert pub.wait_for_subscriber(5, b"video/")
+    send(pub, 0)
+    got = [sub.recv(timeout=5).header.seq]  # the reader registers; slot 0 is reserved
+    with open("/dev/shm/filler", "wb") as f:  # then /dev/shm fills up from outside
+        try:
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    for i in range(1, 6):  # a backlog: the writer needs slots never touched before
+        send(pub, i)
+    got += [sub.recv(timeout=5).header.seq for _ in range(5)]
+    print(got, sub.shm_received)
+"""
+
+
+def test_a_full_dev_shm_is_enospc_and_inline_never_sigbus(tmp_path: Path) -> None:
+    """tmpfs allocates a page when it is first touched: writing a frame into a slot on a
+    full /dev/shm was a SIGBUS that killed the camera. Slots are reserved first
+    (posix_fallocate), so it is ENOSPC, and the frames go on inline."""
+    require(os.geteuid() == 0 and shutil.which("unshare") is not None,
+            "needs root and unshare for a private /dev/shm (a mount namespace)")  # fmt: skip
+    res = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec "$0" -c "$1" "$2"',
+         sys.executable, FULL_SHM, f"ipc://{tmp_path}/cam"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]  # -7 would be the SIGBUS
+    assert res.stdout.split() == ["[0,", "1,", "2,", "3,", "4,", "5]", "2"]  # 2 via shm
+    assert "shared memory failed" in res.stderr and "No space left" in res.stderr
+
+
+def test_a_restarted_publishers_old_ring_is_unmapped(endpoint: str) -> None:
+    """A camera restart makes a new ring; the reader maps the new one and lets the old go
+    (each restart used to leave ~2.5 MB mapped in the engine)."""
+    names = []
+    with Subscriber(endpoint, ["video/"]) as sub:
+        for _ in range(3):  # three camera processes, one after another
+            with Publisher(endpoint) as pub:
+                # libzmq attaches a reconnected pipe when the subscriber next uses its socket
+                deadline = time.monotonic() + 10
+                while not pub.wait_for_subscriber(0.05, b"video/"):
+                    assert sub.recv(timeout=0.05) is None and time.monotonic() < deadline
+                pub.send("video/front", *frame(0))
+                assert sub.recv(timeout=5) is not None
+                names.append(next(iter(pub._rings.values())).name)
+        maps = Path("/proc/self/maps").read_text()
+        mapped = [n for n in names if f"/dev/shm/{n}" in maps]
+    assert len(set(names)) == 3 and mapped == [names[-1]]
