@@ -154,11 +154,9 @@ class RunConfig(_Section):
         _opt('where the sensors\' ipc:// endpoints live; "": a fresh /tmp folder', max_length=80),
     ] = ""
     restart_backoff_s: Annotated[
-        tuple[Delay, Delay], _opt("first and largest delay before restarting a crashed child")
-    ] = (
-        0.5,
-        10.0,
-    )
+        tuple[Delay, Delay],
+        _opt("first and largest delay before restarting a child (doubling between them)"),
+    ] = (0.2, 10.0)
     hang_timeout_s: Annotated[
         float,
         _opt(

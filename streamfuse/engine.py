@@ -109,6 +109,10 @@ class Engine:
         published_at_hb = 0
         ended = "stopped"
         self.begin(start)
+        # Say so at once (not a heartbeat interval later): the supervisor's READY and health,
+        # and how soon a restarted engine counts as back.
+        pub.send(hb_topic, self._heartbeat(sub, hb_seq, start, start, 0.0))
+        hb_seq += 1
         sources = set(self.cameras) | {self.mic}
         try:
             while not stop.is_set():

@@ -1,7 +1,7 @@
 """``streamfuse run``: start the camera, microphone and engine processes and keep them up.
 
 - Children are ``python -m streamfuse capture ...`` / ``engine ...`` processes. A child
-  that exits is restarted, whatever its status, after a backoff that doubles (0.5 s -> 10 s
+  that exits is restarted, whatever its status, after a backoff that doubles (0.2 s -> 10 s
   by default) and resets once it has run for 30 s; only a sensor whose last heartbeat says
   ``eof`` (a file at its end) or a replay at its end is done. A recorder restarts onto a new
   part of its file. A child

@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from mcap.reader import make_reader
 
+from streamfuse import messages
 from streamfuse.errors import SourceError
 from streamfuse.record import pack_frames, read_recording, unpack_frames
 from streamfuse.testing import assert_matches_golden, run_recording
@@ -309,3 +311,45 @@ def test_unpacking_garbage_raises_a_value_error_or_reads_frames(data: bytes) -> 
         assert "byte" in str(exc)
     else:
         assert pack_frames(frames) == data
+
+
+@pytest.mark.parametrize("reader", ["record", "subscribe"])
+def test_reader_processes_survive_hostile_messages(
+    reader: str, tmp_path: Path, children: Children
+) -> None:
+    """`streamfuse record` died on seq = 2**32 (MCAP's uint32 sequence) and on a topic that
+    is not UTF-8; `subscribe` on a header of nested arrays. Each is counted now, and the
+    valid messages around them are kept."""
+    from streamfuse.transport import Publisher
+
+    endpoint = f"ipc://{tmp_path}/cam"
+    out = tmp_path / "r.mcap"
+    with Publisher(endpoint, lossless=True) as pub:
+        argv = {"record": ["record", "--out", str(out)], "subscribe": ["subscribe"]}[reader]
+        proc = children.streamfuse(*argv, "--endpoint", endpoint, "--json")
+        assert pub.wait_for_subscriber(20)
+        time.sleep(0.2)  # (a reader of every topic: no data topic to wait on)
+        frame = {"kind": "video", "v": 1, "stream": "x", "t_capture": 1, "width": 1, "height": 1}
+        raw = pub._sock
+        raw.send_multipart([b"video/x", msgpack.packb({**frame, "seq": 2**64 - 1}), bytes(3)])
+        raw.send_multipart([b"video/x\xff", msgpack.packb(frame), bytes(3)])
+        raw.send_multipart([b"video/x", b"\x91" * 1000 + b"\xc0"])
+        for seq in (0, 2**32, 2**32 + 1):  # valid, past MCAP's uint32 sequence
+            hdr = messages.VideoFrame(stream="x", seq=seq, t_capture=seq + 1, width=1, height=1)
+            pub.send("video/x", hdr, bytes(3))
+        time.sleep(1.0)
+        status, stdout, stderr = children.stop(proc)
+    assert status == 0, stderr[-2000:]
+    if reader == "record":
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert summary["rejected"] == {"invalid": 1, "malformed": 2}
+        seqs = [
+            r.envelope().header.seq for r in read_recording(out).messages if r.topic == "video/x"
+        ]
+        assert seqs == [0, 2**32, 2**32 + 1]
+    else:
+        lines = [json.loads(line) for line in stdout.splitlines()]
+        assert [d["seq"] for d in lines if d["topic"] == "video/x"] == [0, 2**32, 2**32 + 1]
+        assert json.loads(stderr.strip().splitlines()[-1])["rejected"] == {
+            "invalid": 1, "malformed": 2
+        }  # fmt: skip
