@@ -11,26 +11,30 @@ Policies (:class:`SyncConfig.policy`):
 ``k-frames``
     K frames per camera, nearest to the centres of K equal slices of the window.
 ``approximate-time``
-    any N streams; one message per stream, the set of least time spread around the newest
-    head (ROS ApproximateTime semantics), emitted as soon as no future message can improve
-    it (with ``min_period`` per stream, without waiting for the next message).
+    any N streams, one message each: ROS 2 message_filters' ApproximateTime, ported step
+    for step (:mod:`streamfuse.approximate`; ROS's own tests pass): ``max_frames`` is its
+    queue size, ``min_period`` its inter-message lower bounds, ``age_penalty`` and
+    ``max_interval`` its own. On top, optionally: ``max_wait`` (None: as ROS, never) gives
+    up on a full set once the oldest held message is that old and emits the front of every
+    stream that has one, partial.
 
-Rules shared by all: a frame farther than ``tolerance`` from its target is not paired; a
-per-stream clock offset is subtracted from its times (a camera known to lag 40 ms has
-offset +40 ms); a bundle goes out as soon as it is decided, or ``max_wait`` after its window
-ended, marked partial with the missing streams named; every queue is bounded and every
-dropped message is counted by reason. Bundles come out in time order.
+Rules shared by the window policies: a frame farther than ``tolerance`` from its target is
+not paired; a bundle goes out as soon as it is decided, or ``max_wait`` after its window
+ended, marked partial with the missing streams named. For all: a per-stream clock offset is
+subtracted from its times (a camera known to lag 40 ms has offset +40 ms); every queue is
+bounded and every dropped message is counted by reason. Bundles come out in time order.
+``docs/synchronizer.md`` states what each policy guarantees.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .approximate import ApproximateTime
 from .errors import ConfigError
 from .messages import AudioWindow, Envelope, VideoFrame
 
@@ -51,15 +55,24 @@ class SyncConfig:
     policy: Policy = "nearest-center"
     k: int = 4
     tolerance: int = 50 * MS
-    max_wait: int = 200 * MS
+    """Window policies: a frame farther than this from its target is not paired."""
+    max_wait: int | None = 200 * MS
+    """How long after its end a window (or, approximate-time, the oldest held message) waits
+    for what is missing before it goes out partial. approximate-time: None waits for ever,
+    as ROS does."""
     offsets: Mapping[str, int] = field(default_factory=dict)
     reorder: int = 0
     """How far behind its newest frame a camera's frames may still arrive: a camera counts
     as decided for a target only once it has a frame this far past it."""
     min_period: Mapping[str, int] = field(default_factory=dict)
-    """approximate-time: the least gap between two messages of a stream, if known."""
+    """approximate-time: the least gap between two messages of a stream, if known (ROS's
+    inter-message lower bound: lets a set out before the next message proves it)."""
+    age_penalty: float = 0.1
+    """approximate-time: ROS 2's age penalty (0: the ROS 1 wiki's definition)."""
+    max_interval: int | None = None
+    """approximate-time: a set wider than this is never emitted (ROS's max_interval_duration)."""
     max_frames: int = 256
-    """Per camera (or stream) queue limit."""
+    """Per camera (or stream) queue limit; approximate-time: ROS's queue size."""
     max_windows: int = 64
     """Pending audio windows limit."""
     retain: int = 3000 * MS
@@ -74,10 +87,15 @@ class SyncConfig:
             raise ConfigError("sync.policy", f"unknown policy {self.policy!r}")
         if self.policy == "approximate-time" and len(self.cameras) < 2:
             raise ConfigError("sync.cameras", "approximate-time needs at least two streams")
+        if self.max_wait is None and self.policy != "approximate-time":
+            raise ConfigError("sync.max_wait", "only approximate-time can wait for ever (None)")
+        if self.age_penalty < 0:
+            raise ConfigError("sync.age_penalty", f"must be >= 0, got {self.age_penalty}")
         for name, value, low in (
             ("k", self.k, 1),
             ("tolerance", self.tolerance, 0),
-            ("max_wait", self.max_wait, 0),
+            ("max_wait", self.max_wait or 0, 0),
+            ("max_interval", self.max_interval or 0, 0),
             ("reorder", self.reorder, 0),
             ("max_frames", self.max_frames, 1),
             ("max_windows", self.max_windows, 1),
@@ -174,6 +192,14 @@ class Synchronizer:
         self._emitted_keys: deque[tuple[str, int]] = deque(maxlen=256)
         self._floor: int | None = None  # nothing older than this can be emitted any more
         self._approx = config.policy == "approximate-time"
+        self._names = list(config.cameras)
+        self._ros: ApproximateTime[Envelope] = ApproximateTime(
+            max(2, len(self._names)),
+            config.max_frames,
+            age_penalty=config.age_penalty,
+            max_interval=config.max_interval,
+            lower_bounds=[config.min_period.get(n, 0) for n in self._names],
+        )
 
     # -- input ---------------------------------------------------------------------------
 
@@ -186,7 +212,10 @@ class Synchronizer:
             if topic not in self._queues:
                 self.drops["unknown_stream"] += 1
             else:
-                self._add_to_queue(topic, _stamp(header) - offset, env)
+                sets = self._ros.add(self._names.index(topic), _stamp(header) - offset, env)
+                self._count_ros_drops()
+                out = [self._ros_bundle(dict(enumerate(s)), now, "complete") for s in sets]
+                return out + self.poll(now)
         elif isinstance(header, VideoFrame):
             if topic not in self._queues:
                 self.drops["unknown_stream"] += 1
@@ -242,13 +271,14 @@ class Synchronizer:
     def _poll_windows(self, now: int) -> list[Bundle]:
         out: list[Bundle] = []
         cfg = self.config
+        wait = cfg.max_wait or 0  # never None for window policies (SyncConfig checks)
         while self._windows:
             w = self._windows[0]
             decided = all(
                 q.newest is not None and q.newest >= w.targets[-1] + cfg.reorder
                 for q in self._queues.values()
             )
-            if not decided and now < w.t1 + cfg.max_wait:
+            if not decided and now < w.t1 + wait:
                 break  # the head blocks later windows: bundles leave in time order
             out.append(self._emit_window(w, now, "complete" if decided else "deadline"))
         return out
@@ -273,97 +303,39 @@ class Synchronizer:
         self._floor = w.t0 if self._floor is None else max(self._floor, w.t0)
         return Bundle(w.t0, w.t1, w.env, frames, tuple(missing), how, now)
 
-    # -- approximate time ------------------------------------------------------------------
+    # -- approximate time (streamfuse.approximate: ROS's algorithm) ---------------------
 
     def _poll_approx(self, now: int) -> list[Bundle]:
         out: list[Bundle] = []
-        cfg = self.config
-        while True:
-            heads = {n: q.times[0] for n, q in self._queues.items() if q.times}
-            if not heads:
+        wait = self.config.max_wait
+        while wait is not None and (oldest := self._ros.oldest()) is not None:
+            if now < oldest + wait:
                 break
-            pivot = max(heads, key=lambda n: (heads[n], n))
-            tp = heads[pivot]
-            # Not final yet (a stream is empty or may still send something closer): wait,
-            # until the pivot's deadline, then go with what there is.
-            choice = self._choose(pivot, tp, partial=False)
-            if choice is not None:
-                out.append(self._emit_approx(choice, now, "complete"))
-            elif now >= tp + cfg.max_wait:
-                out.append(
-                    self._emit_approx(self._choose(pivot, tp, partial=True), now, "deadline")
-                )
-            else:
-                break
+            out.append(self._ros_bundle(self._ros.take_partial(), now, "deadline"))
         return out
 
-    def _choose(self, pivot: str, tp: int, *, partial: bool) -> dict[str, int | None] | None:
-        """Per stream, the index to use with the pivot's head (None: missing), choosing the
-        combination of least spread. Without ``partial``, None unless every choice is final."""
-        names: list[str] = []
-        options: list[list[int | None]] = []
-        for name, q in self._queues.items():
-            names.append(name)
-            if name == pivot:
-                options.append([0])
-                continue
-            i = bisect.bisect_right(q.times, tp)  # q.times[i-1] <= tp < q.times[i]
-            before: list[int | None] = [i - 1] if i > 0 else []
-            after: list[int | None] = [i] if i < len(q.times) else []
-            if not after and not partial:
-                # Final without the next message only if none can come closer than q.times[i-1].
-                nxt = (q.newest or 0) + self.config.min_period.get(name, 0)
-                if not before or nxt <= tp or nxt - tp < tp - q.times[i - 1]:
-                    return None
-            options.append(before + after or [None])
-        best: tuple[int, int] | None = None
-        best_combo: tuple[int | None, ...] = ()
-        for combo in itertools.product(*options):
-            times = [
-                self._queues[n].times[i] for n, i in zip(names, combo, strict=True) if i is not None
-            ]
-            key = (max(times) - min(times), sum(times))
-            if best is None or key < best:
-                best, best_combo = key, combo
-        tol = self.config.tolerance
-        return {
-            n: i if i is not None and abs(self._queues[n].times[i] - tp) <= tol else None
-            for n, i in zip(names, best_combo, strict=True)
-        }
+    def _count_ros_drops(self) -> None:
+        for reason, _ in self._ros.dropped:
+            self.drops[reason] += 1
+        self._ros.dropped.clear()
 
-    def _emit_approx(
-        self, chosen: dict[str, int | None] | None, now: int, how: Literal["complete", "deadline"]
+    def _ros_bundle(
+        self,
+        chosen: Mapping[int, tuple[int, Envelope]],
+        now: int,
+        how: Literal["complete", "deadline"],
     ) -> Bundle:
-        assert chosen is not None
-        frames: dict[str, tuple[Envelope, ...]] = {}
-        times = []
-        for n, i in chosen.items():
-            q = self._queues[n]
-            if i is None:
-                frames[n] = ()
-                continue
-            q.used[i] = True
-            frames[n] = (q.envs[i],)
-            times.append(q.times[i])
-        # Consume everything up to and including what was used (older ones were not paired).
-        for n, i in chosen.items():
-            q = self._queues[n]
-            if i is not None:
-                self.drops["unpaired"] += q.pop_front(i + 1)
-        pivot_floor = max(times)
-        for n, i in chosen.items():  # streams without a member: drop what is older than the set
-            if i is None:
-                q = self._queues[n]
-                cut = bisect.bisect_right(q.times, pivot_floor)
-                self.drops["unpaired"] += q.pop_front(cut)
-        self._floor = pivot_floor + 1 if self._floor is None else max(self._floor, pivot_floor + 1)
-        missing = tuple(n for n, i in chosen.items() if i is None)
+        frames = {n: (chosen[i][1],) if i in chosen else () for i, n in enumerate(self._names)}
+        times = [t for t, _ in chosen.values()]
+        missing = tuple(n for i, n in enumerate(self._names) if i not in chosen)
         return Bundle(min(times), max(times), None, frames, missing, how, now)
 
     # -- memory --------------------------------------------------------------------------
 
     def _forget(self, now: int) -> None:
         """Let go of frames nothing can use any more; count the never-used ones."""
+        if self._approx:
+            return  # bounded by ROS's own queue accounting
         cfg = self.config
         horizon = now - cfg.retain
         if not self._approx and self._floor is not None:
@@ -378,9 +350,10 @@ class Synchronizer:
 
     def depths(self) -> dict[str, int]:
         """Queue depths, for heartbeats and metrics."""
+        if self._approx:
+            return {name: self._ros.held(i) for i, name in enumerate(self._names)}
         d = {name: len(q.times) for name, q in self._queues.items()}
-        if not self._approx:
-            d["windows"] = len(self._windows)
+        d["windows"] = len(self._windows)
         return d
 
 
