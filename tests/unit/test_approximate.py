@@ -249,3 +249,101 @@ def test_streamfuse_deadline_emits_a_partial_set_rather_than_wait_for_ever() -> 
     (b,) = ours.poll(S)
     assert b.partial and b.missing == ("video/c",) and (b.t0, b.t1) == (0, 10)
     assert b.decided_by == "deadline" and ours.poll(2 * S) == []
+
+
+# -- ROS's stated guarantees, as oracles independent of its code ------------------------
+# From the ROS wiki page message_filters/ApproximateTime: messages are used only once; sets
+# do not cross; sets are contiguous (on at least one topic no message was dropped between
+# two sets); each set is of minimal size among the sets contiguous to the previous one (age
+# penalty 0); the output depends only on the stamps, not on the arrival order; a lower
+# bound "will not change the output" but lets it out sooner.
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[list[int]], list[int]]:
+    """2-3 topics, up to 7 messages each, increasing stamps (gaps >= the topic's bound)."""
+    n = draw(st.integers(2, 3))
+    stamps, bounds = [], []
+    for _ in range(n):
+        bound = draw(st.integers(0, 30))
+        gaps = draw(st.lists(st.integers(bound or 1, 60), min_size=1, max_size=7))
+        stamps.append(list(itertools.accumulate([draw(st.integers(0, 40)), *gaps])))
+        bounds.append(bound)
+    return stamps, bounds
+
+
+def online(
+    stamps: list[list[int]], order: list[int], bounds: list[int] | None = None
+) -> list[tuple[int, ...]]:
+    """Feed in ``order`` (topic per input); the published sets as per-topic indices."""
+    n = len(stamps)
+    sync: ApproximateTime[int] = ApproximateTime(
+        n, sum(map(len, stamps)) + 1, age_penalty=0.0, lower_bounds=bounds
+    )
+    nxt, out = [0] * n, []
+    for topic in order:
+        for s in sync.add(topic, stamps[topic][nxt[topic]], nxt[topic]):
+            out.append(tuple(item for _, item in s))
+        nxt[topic] += 1
+    return out
+
+
+def orders(data: st.DataObject, stamps: list[list[int]]) -> list[int]:
+    """An arrival order: per topic in stamp order, interleaved any way."""
+    return data.draw(st.permutations([i for i, s in enumerate(stamps) for _ in s]))
+
+
+def by_stamp(stamps: list[list[int]]) -> list[int]:
+    return [i for _, i in sorted((t, i) for i, s in enumerate(stamps) for t in s)]
+
+
+def is_prefix(a: list[tuple[int, ...]], b: list[tuple[int, ...]]) -> bool:
+    shorter, longer = sorted((a, b), key=len)
+    return longer[: len(shorter)] == shorter
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.data())
+def test_sets_are_contiguous_and_of_minimal_size_among_contiguous_sets(
+    stream: tuple[list[list[int]], list[int]], data: st.DataObject
+) -> None:
+    """Brute force over the whole stream (every message, also those not yet arrived when a
+    set came out): each set is contiguous to the previous one and no contiguous set is
+    smaller."""
+    stamps, _ = stream
+    n = len(stamps)
+    previous = (-1,) * n
+    for s in online(stamps, orders(data, stamps)):
+        assert all(s[i] > previous[i] for i in range(n))  # used once, do not cross
+        assert any(s[i] == previous[i] + 1 for i in range(n))  # contiguous
+
+        def size(c: tuple[int, ...]) -> int:
+            ts = [stamps[i][c[i]] for i in range(n)]
+            return max(ts) - min(ts)
+
+        rivals = [
+            c
+            for c in itertools.product(
+                *(range(p + 1, len(t)) for p, t in zip(previous, stamps, strict=True))
+            )
+            if any(c[i] == previous[i] + 1 for i in range(n))
+        ]
+        assert size(s) == min(map(size, rivals)), (s, min(rivals, key=size))
+        previous = s
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.data())
+def test_the_output_depends_only_on_the_stamps_and_bounds_only_make_it_sooner(
+    stream: tuple[list[list[int]], list[int]], data: st.DataObject
+) -> None:
+    """Any two arrival orders give the same sets (one output a prefix of the other: the last
+    ones may still wait for proof); with lower bounds that hold, the same sets again, and
+    never fewer than without them for the same order."""
+    stamps, bounds = stream
+    a, b = orders(data, stamps), orders(data, stamps)
+    plain = online(stamps, a)
+    assert is_prefix(plain, online(stamps, b))
+    bounded = online(stamps, a, bounds)
+    assert bounded[: len(plain)] == plain  # the same sets, perhaps more of them sooner
+    assert is_prefix(online(stamps, by_stamp(stamps), bounds), bounded)

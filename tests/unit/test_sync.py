@@ -324,3 +324,60 @@ def test_approximate_time_with_min_period_does_not_wait_a_period() -> None:
     assert sync2.push(frame("s/b", 102 * MS), 103 * MS) == []  # s/a might still send 101 ms
     (b2,) = sync2.push(frame("s/a", 133 * MS), 134 * MS)
     assert (b2.t0, b2.t1) == (100 * MS, 102 * MS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    policy=st.sampled_from(["nearest-center", "k-frames"]),
+    cams=st.lists(
+        st.tuples(
+            st.integers(10, 60),  # the camera's lower bound between frames, ms
+            st.integers(-50, 50),  # its clock offset, ms
+            st.lists(st.integers(0, 100), min_size=20, max_size=120),  # extra gap, % of bound
+            st.integers(0, 800),  # how late its frames are delivered, ms
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_irregular_cameras_with_offsets_get_their_offline_optimum(
+    policy: str, cams: list[tuple[int, int, list[int], int]]
+) -> None:
+    """Frames at irregular times, each gap at least its camera's lower bound (drawn by
+    hypothesis, so it shrinks), each camera's clock off by its own offset and its frames
+    delivered up to 0.8 s late (after the audio window that wants them): every window's
+    frames are the offline optimum, the frame of least |dt| in corrected time (the earlier
+    on a tie), among all frames of the stream."""
+    names = [f"video/c{i}" for i in range(len(cams))]
+    events: list[tuple[int, Envelope | None]] = []
+    truth: dict[str, list[tuple[int, int]]] = {}
+    for name, (bound, offset, extra, latency) in zip(names, cams, strict=True):
+        t, truth[name] = 10 * S, []
+        for seq, pct in enumerate(extra):
+            t += bound * MS + bound * MS * pct // 100
+            truth[name].append((t, seq))
+            events.append((t + latency * MS, frame(name, t + offset * MS, seq=seq)))
+    end = min(ts[-1][0] for ts in truth.values())
+    windows = range(10 * S, end - S, S // 2)
+    for j, t0 in enumerate(windows):
+        events.append((t0 + S + 3 * MS, window("audio/mic0", t0, 1000, seq=j)))
+    events += [(t, None) for t in range(10 * S, end + 2 * S, 10 * MS)]
+    events.sort(key=lambda e: e[0])
+    cfg = SyncConfig(
+        cameras=tuple(names),
+        policy=policy,  # type: ignore[arg-type]
+        k=3,
+        tolerance=10 * S,
+        max_wait=2 * S,  # longer than any delivery latency: decided by frames, not deadline
+        offsets={n: c[1] * MS for n, c in zip(names, cams, strict=True)},
+    )
+    sync, out = Synchronizer(cfg), []
+    for now, env in events:
+        out += sync.poll(now) if env is None else sync.push(env, now)
+    assert [b.t0 for b in out] == list(windows)
+    k = 3 if policy == "k-frames" else 1
+    for b in out:
+        targets = [b.t0 + (2 * j + 1) * (b.t1 - b.t0) // (2 * k) for j in range(k)]
+        for name in names:
+            best = [min(truth[name], key=lambda f: (abs(f[0] - x), f[0]))[1] for x in targets]
+            assert [e.header.seq for e in b.frames[name]] == best
