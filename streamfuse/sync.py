@@ -193,6 +193,8 @@ class Synchronizer:
         self._floor: int | None = None  # nothing older than this can be emitted any more
         self._approx = config.policy == "approximate-time"
         self._names = list(config.cameras)
+        self._index = {n.encode(): i for i, n in enumerate(self._names)}
+        self._offset = [config.offsets.get(n, 0) for n in self._names]
         self._ros: ApproximateTime[Envelope] = ApproximateTime(
             max(2, len(self._names)),
             config.max_frames,
@@ -205,18 +207,12 @@ class Synchronizer:
 
     def push(self, env: Envelope, now: int) -> list[Bundle]:
         """Add one received message; return the bundles that are due at ``now``."""
+        if self._approx:
+            return self._push_approx(env, now)
         topic = env.topic.decode("utf-8", "replace")
         header = env.header
         offset = self.config.offsets.get(topic, 0)
-        if self._approx:
-            if topic not in self._queues:
-                self.drops["unknown_stream"] += 1
-            else:
-                sets = self._ros.add(self._names.index(topic), _stamp(header) - offset, env)
-                self._count_ros_drops()
-                out = [self._ros_bundle(dict(enumerate(s)), now, "complete") for s in sets]
-                return out + self.poll(now)
-        elif isinstance(header, VideoFrame):
+        if isinstance(header, VideoFrame):
             if topic not in self._queues:
                 self.drops["unknown_stream"] += 1
             else:
@@ -304,6 +300,17 @@ class Synchronizer:
         return Bundle(w.t0, w.t1, w.env, frames, tuple(missing), how, now)
 
     # -- approximate time (streamfuse.approximate: ROS's algorithm) ---------------------
+
+    def _push_approx(self, env: Envelope, now: int) -> list[Bundle]:
+        i = self._index.get(env.topic)
+        if i is None:
+            self.drops["unknown_stream"] += 1
+            return self._poll_approx(now)
+        sets = self._ros.add(i, _stamp(env.header) - self._offset[i], env)
+        if self._ros.dropped:
+            self._count_ros_drops()
+        out = [self._ros_bundle(dict(enumerate(s)), now, "complete") for s in sets]
+        return out + self._poll_approx(now) if self.config.max_wait is not None else out
 
     def _poll_approx(self, now: int) -> list[Bundle]:
         out: list[Bundle] = []
