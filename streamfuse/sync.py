@@ -309,8 +309,14 @@ class Synchronizer:
         sets = self._ros.add(i, _stamp(env.header) - self._offset[i], env)
         if self._ros.dropped:
             self._count_ros_drops()
-        out = [self._ros_bundle(dict(enumerate(s)), now, "complete") for s in sets]
+        out = [self._complete(s, now) for s in sets]
         return out + self._poll_approx(now) if self.config.max_wait is not None else out
+
+    def _complete(self, chosen: tuple[tuple[int, Envelope], ...], now: int) -> Bundle:
+        """A full set (one message per stream, in stream order): the direct way."""
+        frames = {n: (env,) for n, (_, env) in zip(self._names, chosen, strict=True)}
+        times = [t for t, _ in chosen]
+        return Bundle(min(times), max(times), None, frames, (), "complete", now)
 
     def _poll_approx(self, now: int) -> list[Bundle]:
         out: list[Bundle] = []
