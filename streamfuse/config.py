@@ -43,14 +43,41 @@ def _opt(description: str, **bounds: Any) -> Any:
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Source = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Millis = Annotated[float, msgspec.Meta(ge=-60_000.0, le=60_000.0)]
+TOPIC = r"^[A-Za-z0-9_.-]{1,64}/[A-Za-z0-9_.-]{1,64}$"
 Delay = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
 
 
-class CameraConfig(_Section):
+class _Sensor(_Section):
+    """A camera or the microphone: a ``source`` streamfuse starts, or an outside publisher's
+    ``endpoint`` it subscribes to (neither: a synthetic source)."""
+
+    def __post_init__(self) -> None:
+        source, endpoint = getattr(self, "source"), getattr(self, "endpoint")  # noqa: B009
+        if source is not None and endpoint is not None:  # msgspec adds where: cameras[0]
+            raise ValueError("give a source to start or an endpoint to subscribe to, not both")
+        if source is None and endpoint is None:
+            setattr(self, "source", "synthetic")  # noqa: B010
+
+
+class CameraConfig(_Sensor):
     name: Annotated[Name, _opt("stream id; the camera publishes on topic video/<name>")] = "front"
-    source: Annotated[
-        Source, _opt("device index (0), video file, http/rtsp/udp URL, synthetic")
-    ] = "synthetic"
+    source: (
+        Annotated[Source, _opt("device index (0), video file, http/rtsp/udp URL, synthetic")] | None
+    ) = None
+    endpoint: (
+        Annotated[
+            str,
+            _opt(
+                "an outside publisher to subscribe to, not started (tcp:// or ipc://)",
+                pattern=r"^(tcp|ipc)://.+",
+            ),
+        ]
+        | None
+    ) = None
+    topic: Annotated[str, _opt("its topic (default video/<name>)", pattern=TOPIC)] | None = None
+    server_key: (
+        Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
+    ) = None
     fps: (
         Annotated[float, _opt("synthetic/devices: frame rate; files: decimate", gt=0, le=1000)]
         | None
@@ -66,11 +93,26 @@ class CameraConfig(_Section):
     ) = None
 
 
-class MicConfig(_Section):
+class MicConfig(_Sensor):
     name: Annotated[Name, _opt("stream id; topic audio/<name>")] = "mic0"
-    source: Annotated[
-        Source, _opt("PortAudio device name or index (pulse, 2), audio file, synthetic")
-    ] = "synthetic"
+    source: (
+        Annotated[Source, _opt("PortAudio device name or index (pulse, 2), audio file, synthetic")]
+        | None
+    ) = None
+    endpoint: (
+        Annotated[
+            str,
+            _opt(
+                "an outside publisher to subscribe to, not started (tcp:// or ipc://)",
+                pattern=r"^(tcp|ipc)://.+",
+            ),
+        ]
+        | None
+    ) = None
+    topic: Annotated[str, _opt("its topic (default audio/<name>)", pattern=TOPIC)] | None = None
+    server_key: (
+        Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
+    ) = None
     rate: Annotated[int, _opt("sample rate, Hz", ge=1000, le=384_000)] = 16_000
     window_ms: Annotated[float, _opt("the model's window", ge=10.0, le=10_000.0)] = 1000.0
     hop_ms: Annotated[
@@ -167,6 +209,14 @@ class RunConfig(_Section):
     ] = 3.0
 
     def __post_init__(self) -> None:
+        topics = [t for t, _ in self.sensors()]
+        if len(set(topics)) != len(topics):
+            raise ConfigError("cameras", f"two sensors publish on one topic: {topics}")
+        for i, cam in enumerate(self.cameras):
+            if not self.camera_topic(cam).startswith("video/"):
+                raise ConfigError(f"cameras[{i}].topic", "a camera's topic starts video/")
+        if not self.mic_topic.startswith("audio/"):
+            raise ConfigError("mic.topic", "a microphone's topic starts audio/")
         names = [c.name for c in self.cameras]
         if not names:
             raise ConfigError("cameras", "list at least one camera")
@@ -184,20 +234,34 @@ class RunConfig(_Section):
         _check_endpoint("engine.output", self.engine.output)
         # Sensor endpoints are ipc://<run_dir>/<topic>; "" becomes /tmp/streamfuse-XXXXXXXX.
         run_dir = self.run_dir or "/tmp/streamfuse-XXXXXXXX"
-        for topic in (*(self.camera_topic(c) for c in self.cameras), self.mic_topic):
+        for topic, sensor in self.sensors():
             _check_endpoint("run_dir", f"ipc://{run_dir}/{topic.replace('/', '-')}")
+            if sensor.endpoint is not None:
+                _check_endpoint("endpoint", sensor.endpoint)
 
     # --- derived -------------------------------------------------------------------
 
     def camera_topic(self, cam: CameraConfig) -> str:
-        return f"video/{cam.name}"
+        return cam.topic or f"video/{cam.name}"
 
     @property
     def mic_topic(self) -> str:
-        return f"audio/{self.mic.name}"
+        return self.mic.topic or f"audio/{self.mic.name}"
 
     def endpoint(self, topic: str) -> str:
+        """Where a started sensor of ``topic`` binds: ``ipc://<run_dir>/<topic>``."""
         return f"ipc://{self.run_dir}/{topic.replace('/', '-')}"
+
+    def sensors(self) -> list[tuple[str, CameraConfig | MicConfig]]:
+        """Every sensor with its topic: the cameras, then the microphone."""
+        return [*((self.camera_topic(c), c) for c in self.cameras), (self.mic_topic, self.mic)]
+
+    def source_endpoint(self, topic: str) -> str:
+        """Where the sensor of ``topic`` publishes: its own endpoint if it is external."""
+        sensor = dict(self.sensors()).get(topic)
+        if sensor is not None and sensor.endpoint is not None:
+            return sensor.endpoint
+        return self.endpoint(topic)
 
     def sync_config(self) -> SyncConfig:
         return SyncConfig(
@@ -257,9 +321,13 @@ def load_config(
     cfg = _convert(raw, file)
     overrides = overrides or {}
     if overrides.get("camera"):
-        cfg.cameras[0].source = overrides["camera"]
+        cfg.cameras[0].source, cfg.cameras[0].endpoint = overrides["camera"], None
     if overrides.get("mic"):
-        cfg.mic.source = overrides["mic"]
+        cfg.mic.source, cfg.mic.endpoint = overrides["mic"], None
+    if overrides.get("camera_endpoint"):
+        cfg.cameras[0].source, cfg.cameras[0].endpoint = None, overrides["camera_endpoint"]
+    if overrides.get("mic_endpoint"):
+        cfg.mic.source, cfg.mic.endpoint = None, overrides["mic_endpoint"]
     if overrides.get("output"):
         cfg.engine.output = overrides["output"]
     if overrides.get("http_port") is not None:

@@ -100,7 +100,8 @@ class Engine:
         # Each sensor's endpoint speaks for its own data and heartbeat topics, nothing else.
         owners: dict[str, list[str]] = {}
         for topic in (*self.cameras, self.mic):
-            owners.setdefault(cfg.endpoint(topic), []).extend([topic, heartbeat_topic(topic)])
+            ep = cfg.source_endpoint(topic)  # its own, or ipc://<run_dir>/<topic> if started
+            owners.setdefault(ep, []).extend([topic, heartbeat_topic(topic)])
         pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm)
         sub = Sources(owners, rcvhwm=256)
         hb_topic = heartbeat_topic(RESULT_PREFIX)

@@ -58,6 +58,10 @@ def describe_summary(s: dict[str, Any]) -> str:
 )
 @click.option("--camera", default=None, help="Override the first camera's source.")
 @click.option("--mic", default=None, help="Override the microphone's source.")
+@click.option(
+    "--camera-endpoint", default=None, help="The first camera is an outside publisher here."
+)
+@click.option("--mic-endpoint", default=None, help="The microphone is an outside publisher here.")
 @click.option("--output", default=None, help="Override engine.output (where results go).")
 @click.option("--http-port", type=int, default=None, help="Override http.port (0: off).")
 @click.option("--json", "as_json", is_flag=True, help="Classifications as JSON lines on stdout.")
@@ -68,6 +72,8 @@ def run(
     config_path: str | None,
     camera: str | None,
     mic: str | None,
+    camera_endpoint: str | None,
+    mic_endpoint: str | None,
     output: str | None,
     http_port: int | None,
     as_json: bool,
@@ -80,7 +86,15 @@ def run(
     from .supervisor import Supervisor
 
     cfg = load_config(
-        config_path, {"camera": camera, "mic": mic, "output": output, "http_port": http_port}
+        config_path,
+        {
+            "camera": camera,
+            "mic": mic,
+            "camera_endpoint": camera_endpoint,
+            "mic_endpoint": mic_endpoint,
+            "output": output,
+            "http_port": http_port,
+        },
     )
     if replay:
         from .record import recording_topics

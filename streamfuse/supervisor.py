@@ -153,6 +153,14 @@ class _Metrics:
             restarts.add_metric([child.name], child.restarts)
         for cam, n in self.sup.result_counts.items():
             results.add_metric([cam], n)
+        age = GaugeMetricFamily(
+            "streamfuse_source_data_age_seconds",
+            "Seconds since the engine last received data from a sensor.",
+            labels=["stream", "external"],
+        )
+        now = time.monotonic()
+        for topic, src in self.sup.sources(now).items():
+            age.add_metric([topic, str(src["external"]).lower()], src["last_data_s"])
         rejected = CounterMetricFamily(
             "streamfuse_supervisor_rejected",
             "Messages the supervisor refused, by reason.",
@@ -160,7 +168,7 @@ class _Metrics:
         )
         for reason, n in self.sup.rejected().items():
             rejected.add_metric([reason], n)
-        yield from (rate, drops, errors, depth, restarts, results, rejected)
+        yield from (rate, drops, errors, depth, restarts, results, age, rejected)
 
 
 class Supervisor:
@@ -188,6 +196,11 @@ class Supervisor:
         self.monitor: Sources | None = None
         self.record_parts: list[str] = [record] if record else []
         """The files the recorder wrote: a restarted recorder starts a new part."""
+        self.arrivals: dict[str, tuple[int, float]] = {
+            t: (0, time.monotonic()) for t in self._sensor_topics()
+        }
+        """Per sensor: the engine's received count and when it last grew (liveness of an
+        external source, which need not heartbeat)."""
         self.wrong_kind = 0
         """Messages whose kind did not match their topic (counted, ignored)."""
         self.ended = "not started"
@@ -218,7 +231,7 @@ class Supervisor:
         children = [Child("engine", engine, sensor=False, heartbeat=RESULT_PREFIX)]
         if self.record:
             argv = [*py, "record", "--out", self.record]
-            for ep in (cfg.engine.output, *(cfg.endpoint(t) for t in self._sensor_topics())):
+            for ep in (cfg.engine.output, *(cfg.source_endpoint(t) for t in self._sensor_topics())):
                 argv += ["--endpoint", ep]
             # restarted like any child, each time onto a new part: never over the last file
             children.append(Child("recorder", argv, sensor=False))
@@ -228,6 +241,8 @@ class Supervisor:
             return children
         for cam in cfg.cameras:
             topic = cfg.camera_topic(cam)
+            if cam.source is None:  # an external publisher: subscribed to, not started
+                continue
             argv = [*py, "capture", "camera", "--source", cam.source, "--topic", topic]
             argv += ["--endpoint", cfg.endpoint(topic), *common]
             sizes = {"--fps": cam.fps, "--width": cam.width, "--height": cam.height}
@@ -236,6 +251,8 @@ class Supervisor:
                     argv += [flag, str(value)]
             children.append(Child(f"camera {cam.name}", argv, sensor=True, heartbeat=topic))
         mic = cfg.mic
+        if mic.source is None:
+            return children
         argv = [*py, "capture", "mic", "--source", mic.source, "--topic", cfg.mic_topic]
         argv += ["--endpoint", cfg.endpoint(cfg.mic_topic), *common, "--rate", str(mic.rate)]
         argv += ["--window-ms", str(mic.window_ms), "--hop-ms", str(mic.hop_ms)]
@@ -280,7 +297,7 @@ class Supervisor:
         results = [RESULT_PREFIX + c.name for c in cfg.cameras]
         owners = {cfg.engine.output: [heartbeat_topic(RESULT_PREFIX), *results]}
         for topic in self._sensor_topics():
-            owners.setdefault(cfg.endpoint(topic), []).append(heartbeat_topic(topic))
+            owners.setdefault(cfg.source_endpoint(topic), []).append(heartbeat_topic(topic))
         monitor = Sources(owners, rcvhwm=10_000)
         self.monitor = monitor
         for child in self.children:
@@ -359,6 +376,10 @@ class Supervisor:
             self.heartbeats[stream] = header
             self.hb_seen_at[stream] = time.monotonic()
             if stream == RESULT_PREFIX:
+                now = time.monotonic()
+                for topic, n in header.received.items():
+                    if topic in self.arrivals and self.arrivals[topic][0] != n:
+                        self.arrivals[topic] = (n, now)
                 if not self.ready:
                     self.ready = True
                     sd_notify(f"READY=1\nSTATUS=engine up ({header.source})")
@@ -462,6 +483,22 @@ class Supervisor:
 
     # --- health ---------------------------------------------------------------------------
 
+    def sources(self, now: float) -> dict[str, dict[str, Any]]:
+        """Per sensor: started or external, where, how much the engine has received, and
+        whether it is stale (nothing new for ``hang_timeout_s``, 3 s by default)."""
+        limit = self.cfg.hang_timeout_s or 3.0
+        out = {}
+        for topic, sensor in self.cfg.sensors():
+            n, since = self.arrivals[topic]
+            out[topic] = {
+                "external": sensor.endpoint is not None,
+                "endpoint": self.cfg.source_endpoint(topic),
+                "received": n,
+                "last_data_s": round(now - since, 3),
+                "stale": now - since > limit,
+            }
+        return out
+
     def rejected(self) -> dict[str, int]:
         """Messages the supervisor refused, by reason (``foreign_topic``: forged)."""
         out = dict(self.monitor.rejected) if self.monitor is not None else {}
@@ -489,6 +526,7 @@ class Supervisor:
                 for c in self.children
             },
             "heartbeat_age_s": {k: round(now - v, 3) for k, v in self.hb_seen_at.items()},
+            "sources": self.sources(now),
             "rejected": self.rejected(),
             "classifications": self.result_counts,
         }
