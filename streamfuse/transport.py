@@ -312,6 +312,8 @@ class Subscriber:
                 raise EndpointError(ep, "connect to", exc.strerror) from None
         self._stats = _Stats()
         self._shm = ShmReader(copy=shm_copy)
+        # A reference names a segment of the publisher's box: only ipc:// is surely this one.
+        self._shm_local = any(ep.startswith("ipc://") for ep in self.endpoints)
         self._last_complaint = 0.0
         self._internal_logged: set[bytes] = set()
         self._rcvtimeo = -1
@@ -377,6 +379,10 @@ class Subscriber:
             self._reject(DecodeError("foreign_topic", "not a topic of its endpoint", topic=topic))
             return None
         if len(frames) == 4 and frames[2].bytes == SHM_TAG:
+            if not self._shm_local:
+                detail = "a shared-memory reference over tcp:// names another box's memory"
+                self._reject(DecodeError("shm_not_local", detail, topic=bytes(parts[0])[:64]))
+                return None
             try:
                 parts.append(self._shm.read(frames[3].buffer, parts[0]))  # type: ignore[arg-type]
             except DecodeError as err:

@@ -385,3 +385,21 @@ def test_a_restarted_publishers_old_ring_is_unmapped(endpoint: str) -> None:
         maps = Path("/proc/self/maps").read_text()
         mapped = [n for n in names if f"/dev/shm/{n}" in maps]
     assert len(set(names)) == 3 and mapped == [names[-1]]
+
+
+def test_a_shared_memory_reference_over_tcp_is_not_resolved_here() -> None:
+    """A publisher on another box could name a segment that happens to exist on this one:
+    over tcp:// a reference is rejected, never read from this box's /dev/shm."""
+    with Publisher("tcp://127.0.0.1:0", shm=False) as pub:
+        local = Publisher("ipc:///tmp/sf-ref-" + os.urandom(4).hex())  # a real local segment
+        with local, Subscriber(pub.endpoint, ["video/"]) as sub:
+            assert pub.wait_for_subscriber(5, b"video/")
+            h, img = frame(7)
+            local._ring(b"video/front", img).write(img)
+            ring = next(iter(local._rings.values()))
+            ref = msgpack.packb([ring.name, 0, 1, img.nbytes])
+            pub._sock.send_multipart([b"video/front", m.encode(h), TAG, ref])
+            pub.send("video/front", *frame(8))  # and a plain one after it
+            got = sub.recv(timeout=5)
+    assert got is not None and got.header.seq == 8
+    assert sub.rejected == {"shm_not_local": 1}
