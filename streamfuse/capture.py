@@ -231,7 +231,7 @@ def run_capture(
                 sent=seq,
                 rate_hz=(seq - sent_at_last_hb) / dt if dt > 0 else 0.0,
                 drops=dict(source.drops),
-                errors=dict(source.errors),
+                errors={**source.errors, **_refused(publisher)},
                 last_error=source.last_error,
                 state=state,
             ),
@@ -269,3 +269,9 @@ def run_capture(
         drops=dict(source.drops),
         errors=dict(source.errors),
     )
+
+
+def _refused(publisher: Publisher) -> dict[str, int]:
+    """Subscribers CURVE refused (their key not authorized), as a heartbeat error kind."""
+    n = publisher.auth_refused
+    return {"auth_refused": n} if n else {}

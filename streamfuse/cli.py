@@ -112,6 +112,15 @@ def _capture_options(f: F) -> F:
             "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="Heartbeat interval."
         ),
         click.option("--json", "as_json", is_flag=True, help="Print the exit summary as JSON."),
+        click.option("--key", default=None, help="CURVE secret key file: serve only over CURVE."),
+        click.option(
+            "--authorized-keys",
+            default=None,
+            help="With --key: a folder of the subscribers' public keys let in (default any).",
+        ),
+        click.option(
+            "--insecure", is_flag=True, help="Allow a bind beyond loopback without CURVE."
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -141,12 +150,13 @@ def _run_capture_command(
         stop=stop,
         **specific,
     )
+    curve = _curve_server(common)
     src = open_source(kind, common["source"], options)
     wait = common["wait_for_subscriber"]
     try:
         # --fast: a file publishes as fast as its slowest subscriber reads, never dropping.
         lossless = common["fast"]
-        with Publisher(common["endpoint"], linger_ms=2000, lossless=lossless) as pub:
+        with Publisher(common["endpoint"], linger_ms=2000, lossless=lossless, curve=curve) as pub:
             if isinstance(options, VideoOptions):  # frames go straight into the send slot
                 options.frame_buffer = functools.partial(pub.loan, topic)
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
@@ -172,6 +182,22 @@ def _run_capture_command(
             f"{topic}: sent {summary.sent} in {summary.seconds:.1f} s "
             f"({summary.rate_hz:.1f}/s), ended: {summary.ended}{extra}"
         )
+
+
+def _curve_server(common: dict[str, Any]) -> Any:
+    """The CurveServer a sensor binds as; beyond loopback without --key is an error."""
+    from .security import CurveServer, leaves_box, load_secret
+
+    if common["key"] is None:
+        if leaves_box(common["endpoint"]) and not common["insecure"]:
+            raise ConfigError(
+                "--endpoint",
+                f"{common['endpoint']} leaves this box: give --key (streamfuse keys generate) "
+                "or --insecure",
+            )
+        return None
+    public, secret = load_secret(common["key"], "--key")
+    return CurveServer(public, secret, authorized=common["authorized_keys"])
 
 
 @capture.command("camera")
@@ -243,12 +269,16 @@ def capture_mic(
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per message; summary on stderr."
 )
+@click.option("--server-key", default=None, help="The publishers' CURVE public key file.")
+@click.option("--key", default=None, help="With --server-key: this side's secret key file.")
 def subscribe(
     endpoints: Sequence[str],
     topics: Sequence[str],
     count: int | None,
     duration: float | None,
     as_json: bool,
+    server_key: str | None,
+    key: str | None,
 ) -> None:
     """Print every message received, then a per-topic rate/drop summary."""
     from .view import TopicView, age_ns, describe, envelope_json, summary_rows
@@ -257,7 +287,10 @@ def subscribe(
     deadline = None if duration is None else time.monotonic() + duration
     views: dict[bytes, TopicView] = {}
     n = 0
-    with Subscriber(endpoints, topics) as sub:
+    from .security import CurveClient
+
+    curve = CurveClient.to(server_key, key, "--server-key") if server_key else None
+    with Subscriber(endpoints, topics, curve=curve) as sub:
         while not stop.is_set() and (count is None or n < count):
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -404,7 +437,7 @@ def devices(as_json: bool) -> None:
 def _add_model_commands() -> None:
     from .modelcli import backends, build_engine, evaluate, export, train
     from .recordcli import record, recover, replay
-    from .runcli import config_group, engine, run, systemd_unit
+    from .runcli import config_group, engine, keys_group, run, systemd_unit
 
     main.add_command(record)
     main.add_command(replay)
@@ -413,6 +446,7 @@ def _add_model_commands() -> None:
     main.add_command(engine)
     main.add_command(config_group)
     main.add_command(systemd_unit)
+    main.add_command(keys_group)
     main.add_command(backends)
     main.add_command(build_engine)
     main.add_command(train)

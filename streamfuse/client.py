@@ -30,6 +30,7 @@ import zmq.asyncio
 from . import messages
 from .errors import DecodeError, EndpointError
 from .messages import Classification
+from .security import CurveClient
 from .transport import MAX_TOPICS, StreamStats
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,14 @@ class Client:
         reconnect_ms: int = 100,
         reconnect_max_ms: int = 2000,
         keepalive_s: int = 10,
+        server_key: str | None = None,
+        key: str | None = None,
     ) -> None:
+        """``server_key``: the daemon's public key file (``engine.output`` beyond loopback is
+        a CURVE server); ``key``: this app's secret key file, where the daemon lets in only
+        ``security.authorized_keys`` (else a fresh key pair is used)."""
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._curve = CurveClient.to(server_key, key, "server_key") if server_key else None
         self.topics = list(topics)
         self.rejected = 0
         """Messages that were not valid classifications (skipped)."""
@@ -84,6 +91,8 @@ class Client:
             sock.setsockopt(opt, value)
         for t in self.topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        if self._curve is not None:
+            self._curve.apply(sock)
         for ep in self.endpoints:
             try:
                 sock.connect(ep)

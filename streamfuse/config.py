@@ -25,6 +25,7 @@ __all__ = [
     "HttpConfig",
     "MicConfig",
     "RunConfig",
+    "SecurityConfig",
     "SyncSection",
     "defaults_yaml",
     "load_config",
@@ -183,6 +184,18 @@ class HttpConfig(_Section):
     )
 
 
+class SecurityConfig(_Section):
+    key: (
+        Annotated[str, _opt("this daemon's CURVE secret key file (streamfuse keys generate)")]
+        | None
+    ) = None
+    authorized_keys: (
+        Annotated[str, _opt("a folder of the public keys let in to engine.output (any if null)")]
+        | None
+    ) = None
+    insecure: Annotated[bool, _opt("allow TCP beyond loopback without CURVE (warned)")] = False
+
+
 class RunConfig(_Section):
     cameras: Annotated[
         list[CameraConfig], _opt("one capture process per camera", max_length=64)
@@ -191,6 +204,7 @@ class RunConfig(_Section):
     sync: SyncSection = msgspec.field(default_factory=SyncSection)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     run_dir: Annotated[
         str,
         _opt('where the sensors\' ipc:// endpoints live; "": a fresh /tmp folder', max_length=80),
@@ -232,12 +246,55 @@ class RunConfig(_Section):
                 "mic.hop_ms", f"{self.mic.hop_ms} is longer than window_ms {self.mic.window_ms}"
             )
         _check_endpoint("engine.output", self.engine.output)
+        if not self.security.insecure:
+            self._check_curve()
         # Sensor endpoints are ipc://<run_dir>/<topic>; "" becomes /tmp/streamfuse-XXXXXXXX.
         run_dir = self.run_dir or "/tmp/streamfuse-XXXXXXXX"
         for topic, sensor in self.sensors():
             _check_endpoint("run_dir", f"ipc://{run_dir}/{topic.replace('/', '-')}")
             if sensor.endpoint is not None:
                 _check_endpoint("endpoint", sensor.endpoint)
+
+    def _check_curve(self) -> None:
+        """TCP beyond loopback is CURVE-authenticated, or the config says it may not be."""
+        from .security import leaves_box
+
+        hint = "(streamfuse keys generate), or set security.insecure: true"
+        if leaves_box(self.engine.output) and self.security.key is None:
+            raise ConfigError(
+                "engine.output", f"{self.engine.output} leaves this box: set security.key {hint}"
+            )
+        for i, (topic, sensor) in enumerate(self.sensors()):
+            where = f"cameras[{i}]" if i < len(self.cameras) else "mic"
+            ep = sensor.endpoint
+            if ep is not None and leaves_box(ep) and sensor.server_key is None:
+                raise ConfigError(
+                    f"{where}.server_key", f"{ep} ({topic}) is beyond this box: give its key {hint}"
+                )
+
+    def curve_clients(self) -> dict[str, Any]:
+        """endpoint -> the CurveClient to connect with: external sources that have a
+        server_key, and engine.output where it is a CURVE server (with this daemon's key)."""
+        from .security import CurveClient, load_secret
+
+        out: dict[str, Any] = {}
+        for topic, sensor in self.sensors():
+            if sensor.endpoint is not None and sensor.server_key is not None:
+                out[sensor.endpoint] = CurveClient.to(sensor.server_key, self.security.key, topic)
+        if self.curve_server() is not None:
+            assert self.security.key is not None
+            public, secret = load_secret(self.security.key, "security.key")
+            out[self.engine.output] = CurveClient(public, public, secret)
+        return out
+
+    def curve_server(self) -> Any:
+        """The CurveServer engine.output binds as, where it leaves the box (None: plain)."""
+        from .security import CurveServer, leaves_box, load_secret
+
+        if self.security.key is None or not leaves_box(self.engine.output):
+            return None
+        public, secret = load_secret(self.security.key, "security.key")
+        return CurveServer(public, secret, authorized=self.security.authorized_keys)
 
     # --- derived -------------------------------------------------------------------
 

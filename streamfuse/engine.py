@@ -89,6 +89,7 @@ class Engine:
         self._ended: set[str] = set()
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
         self._sha = self.model.sha256[:12]
+        self._output: Publisher | None = None
         self._labels = self.model.labels
 
     # --- the loop ----------------------------------------------------------------
@@ -102,8 +103,9 @@ class Engine:
         for topic in (*self.cameras, self.mic):
             ep = cfg.source_endpoint(topic)  # its own, or ipc://<run_dir>/<topic> if started
             owners.setdefault(ep, []).extend([topic, heartbeat_topic(topic)])
-        pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm)
-        sub = Sources(owners, rcvhwm=256)
+        pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())
+        self._output = pub
+        sub = Sources(owners, rcvhwm=256, curve=cfg.curve_clients())
         hb_topic = heartbeat_topic(RESULT_PREFIX)
         start = last_hb = time.monotonic_ns()
         hb_seq = 0
@@ -320,6 +322,7 @@ class Engine:
         self, sub: Sources, seq: int, now: int, start: int, rate: float, state: str = "running"
     ) -> Heartbeat:
         drops: Counter[str] = Counter({k: v for k, v in self.sync.drops.items() if k != "unpaired"})
+        pub_refused = self._output.auth_refused if self._output is not None else 0
         for reason, n in sub.rejected.items():
             drops[f"rejected_{reason}"] += n
         gaps = sum(st.gaps for st in sub.streams.values())
@@ -336,7 +339,7 @@ class Engine:
             sent=self.stats.published,
             rate_hz=rate,
             drops=dict(drops),
-            errors=dict(self.stats.errors),
+            errors={**self.stats.errors, **({"auth_refused": pub_refused} if pub_refused else {})},
             last_error=self.stats.last_error,
             state=state,  # type: ignore[arg-type]
             depths=self.sync.depths(),

@@ -90,6 +90,7 @@ RejectReason = Literal[
     "unknown_kind",  # a kind this build does not know
     "overwritten",  # shared-memory slot reused before this subscriber read it
     "shm_unavailable",  # shared-memory segment cannot be opened (publisher gone, container)
+    "auth_failed",  # the CURVE handshake with a publisher failed (not the key we expect)
     "shm_not_local",  # a shared-memory reference that came over tcp:// (another box's memory)
     "foreign_topic",  # a topic the sending endpoint does not own (a forged heartbeat, result)
     "internal_error",  # a bug this message met; counted and logged once, never fatal

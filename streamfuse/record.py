@@ -45,7 +45,8 @@ from mcap.writer import CompressionType, Writer
 from . import messages
 from .errors import SourceError
 from .messages import AudioWindow, Classification, Envelope, VideoFrame
-from .transport import Subscriber
+from .security import CurveClient
+from .transport import Sources, Subscriber
 
 __all__ = [
     "ENCODING",
@@ -279,8 +280,10 @@ def record(
     duration: float | None = None,
     compression: Literal["lz4", "zstd", "none"] = "lz4",
     foxglove: bool = True,
+    curve: dict[str, CurveClient] | None = None,
 ) -> RecordSummary:
-    """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``.
+    """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``
+    (``curve``: the CurveClient for each endpoint that needs one).
 
     One thread receives (and so takes frames out of their shared-memory slots, which a live
     publisher reuses) as they arrive and queues them; this one writes. The queues are
@@ -288,7 +291,12 @@ def record(
     never a frame go missing for it; anything lost upstream shows as sequence gaps in the
     summary, per topic. Invalid messages are counted by reason and not recorded."""
     start = time.monotonic()
-    sub = Subscriber(endpoints, topics or [""], rcvhwm=0)
+    sub: Subscriber | Sources
+    if curve:  # one CURVE server key per socket: a subscriber per endpoint
+        owners = {ep: topics or [""] for ep in endpoints}
+        sub = Sources(owners, rcvhwm=0, curve=curve, exact=False)
+    else:
+        sub = Subscriber(endpoints, topics or [""], rcvhwm=0)
     received: queue.SimpleQueue[tuple[Envelope, list[Any], int] | None] = queue.SimpleQueue()
 
     writer_done = threading.Event()

@@ -26,6 +26,12 @@ from .errors import ConfigError
     "--compression", type=click.Choice(["lz4", "zstd", "none"]), default="lz4", show_default=True
 )
 @click.option("--no-foxglove", is_flag=True, help="Skip the Foxglove image/level/json channels.")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="A daemon config: connect to its endpoints with the CURVE keys it names.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def record(
     endpoints: tuple[str, ...],
@@ -34,12 +40,18 @@ def record(
     duration: float | None,
     compression: str,
     no_foxglove: bool,
+    config_path: str | None,
     as_json: bool,
 ) -> None:
     """Record every message on the endpoints into MCAP, losslessly; Ctrl-C to stop."""
     from .cli import install_stop_handlers
     from .record import record as do_record
 
+    curve = None
+    if config_path:
+        from .config import load_config
+
+        curve = load_config(config_path).curve_clients()
     stop = install_stop_handlers()
     summary = do_record(
         list(endpoints),
@@ -49,6 +61,7 @@ def record(
         duration=duration,
         compression=compression,  # type: ignore[arg-type]
         foxglove=not no_foxglove,
+        curve=curve,
     )
     if as_json:
         click.echo(json.dumps(asdict(summary)))

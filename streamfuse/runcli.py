@@ -102,6 +102,8 @@ def run(
 
         cfg = config_for(recording_topics(replay), cfg)
     _preflight(cfg)
+    if cfg.security.insecure:
+        log.warning("security.insecure: TCP beyond this box may carry data without CURVE")
     encoder = msgspec.json.Encoder()
 
     def on_result(c: Classification) -> None:
@@ -155,6 +157,35 @@ def config_defaults() -> None:
     from .config import defaults_yaml
 
     click.echo(defaults_yaml(), nl=False)
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """CURVE key pairs for TCP between boxes (ZeroMQ certificate files, as zmq.auth's)."""
+
+
+@keys_group.command("generate")
+@click.argument("directory")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def keys_generate(directory: str, name: str, as_json: bool) -> None:
+    """Write DIRECTORY/NAME.key (public: give it to peers) and NAME.key_secret (keep it)."""
+    from .security import generate_keys
+
+    if not name or "/" in name or name.startswith("."):
+        from .errors import ConfigError
+
+        raise ConfigError("NAME", f"{name!r}: a plain file name, e.g. front")
+    try:
+        public, secret = generate_keys(directory, name)
+    except OSError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError("DIRECTORY", f"{directory}: {exc.strerror or exc}") from None
+    if as_json:
+        click.echo(json.dumps({"public": str(public), "secret": str(secret)}))
+    else:
+        click.echo(f"public key {public} (give it to peers); secret key {secret} (keep it)")
 
 
 @click.command("systemd-unit")
@@ -223,6 +254,7 @@ def _preflight(cfg: RunConfig) -> None:
 
     ModelInfo.load(cfg.engine.model)
     _check_free(cfg.engine.output, "engine.output")
+    cfg.curve_clients()  # every key file readable, or one line naming it, before anything starts
     names = backend_names()
     if cfg.engine.backend != "auto" and cfg.engine.backend not in names:
         raise ConfigError(

@@ -230,7 +230,7 @@ class Supervisor:
             engine.append("--until-eof")
         children = [Child("engine", engine, sensor=False, heartbeat=RESULT_PREFIX)]
         if self.record:
-            argv = [*py, "record", "--out", self.record]
+            argv = [*py, "record", "--out", self.record, "--config", str(self.config_file)]
             for ep in (cfg.engine.output, *(cfg.source_endpoint(t) for t in self._sensor_topics())):
                 argv += ["--endpoint", ep]
             # restarted like any child, each time onto a new part: never over the last file
@@ -298,7 +298,7 @@ class Supervisor:
         owners = {cfg.engine.output: [heartbeat_topic(RESULT_PREFIX), *results]}
         for topic in self._sensor_topics():
             owners.setdefault(cfg.source_endpoint(topic), []).append(heartbeat_topic(topic))
-        monitor = Sources(owners, rcvhwm=10_000)
+        monitor = Sources(owners, rcvhwm=10_000, curve=cfg.curve_clients())
         self.monitor = monitor
         for child in self.children:
             self._start(child)
@@ -527,6 +527,7 @@ class Supervisor:
             },
             "heartbeat_age_s": {k: round(now - v, 3) for k, v in self.hb_seen_at.items()},
             "sources": self.sources(now),
+            "insecure": self.cfg.security.insecure,
             "rejected": self.rejected(),
             "classifications": self.result_counts,
         }

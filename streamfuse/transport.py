@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import messages
 from .errors import DecodeError, EndpointError
 from .messages import Envelope, Message
+from .security import CurveClient, CurveServer, Gate, serve_curve
 from .shm import MIN_BYTES as SHM_MIN_BYTES
 from .shm import TAG as SHM_TAG
 from .shm import Ring, ShmReader
@@ -32,6 +34,12 @@ from .shm import wanted as shm_wanted
 __all__ = ["Publisher", "StreamStats", "Subscriber", "heartbeat_topic"]
 
 log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 #: Per-topic statistics a subscriber keeps at most (topics past it are delivered, not counted).
 MAX_TOPICS = 1024
@@ -96,6 +104,7 @@ class Publisher:
         lossless: bool = False,
         shm: bool | None = None,
         shm_slots: int | None = None,
+        curve: CurveServer | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -105,7 +114,11 @@ class Publisher:
         self._rings: dict[bytes, Ring] = {}
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
+        # CURVE: the ZAP handler lives on this publisher's own context (one per context).
+        self._gate = Gate(self._ctx, curve) if curve is not None else None
         self._sock = self._ctx.socket(zmq.XPUB)
+        if curve is not None:
+            serve_curve(self._sock, curve)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         if lossless:
@@ -115,6 +128,8 @@ class Publisher:
         try:
             _bind(self._sock, endpoint)
         except EndpointError:
+            if self._gate is not None:
+                self._gate.stop()
             if self._own_ctx:
                 self._ctx.term()
             raise
@@ -214,8 +229,15 @@ class Publisher:
                 return False
             self._sock.poll(int(min(remaining, 0.05) * 1000))
 
+    @property
+    def auth_refused(self) -> int:
+        """Subscribers refused by CURVE authentication (their key is not authorized)."""
+        return self._gate.refused if self._gate is not None else 0
+
     def close(self) -> None:
         self._sock.close()
+        if self._gate is not None:
+            self._gate.stop()
         if self._own_ctx:
             self._ctx.term()
         if self._ipc_file is not None:  # libzmq leaves the socket file behind
@@ -292,6 +314,7 @@ class Subscriber:
         max_payload: int = messages.MAX_PAYLOAD_BYTES,
         shm_copy: bool = True,
         owns: Iterable[str | bytes] | None = None,
+        curve: CurveClient | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self._owns = None if owns is None else {_b(t) for t in owns}
@@ -304,6 +327,12 @@ class Subscriber:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode() if isinstance(t, str) else t)
+        self._monitor: zmq.Socket | None = None
+        if curve is not None:
+            curve.apply(self._sock)
+            # A publisher with another key fails the handshake (again at each reconnect):
+            # watch for it, to count it.
+            self._monitor = self._sock.get_monitor_socket(_HANDSHAKE_FAILED)
         for ep in self.endpoints:
             try:
                 self._sock.connect(ep)
@@ -359,6 +388,8 @@ class Subscriber:
             if ms != self._rcvtimeo:
                 self._sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo = ms
+            if self._monitor is not None:
+                self._count_handshakes()
             try:
                 frames = self._sock.recv_multipart(copy=False)
             except zmq.Again:
@@ -434,7 +465,16 @@ class Subscriber:
         """Whether ``env``'s payload still holds what was sent (see ``shm_copy``)."""
         return env.payload is None or self._shm.intact(env.payload)
 
+    def _count_handshakes(self) -> None:
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            recv_monitor_message(self._monitor)
+            self._reject(DecodeError("auth_failed", "CURVE handshake with the publisher failed"))
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
         self._sock.close(linger=0)
         self._shm.close()
 
@@ -456,13 +496,29 @@ class Sources:
     """
 
     def __init__(
-        self, owners: dict[str, list[str]], *, rcvhwm: int = 64, shm_copy: bool = True
+        self,
+        owners: dict[str, list[str]],
+        *,
+        rcvhwm: int = 64,
+        shm_copy: bool = True,
+        curve: dict[str, CurveClient] | None = None,
+        exact: bool = True,
     ) -> None:
+        """``exact``: an endpoint speaks only for exactly its topics (else: for whatever
+        starts with them, as a recorder of everything wants)."""
         self._subs: list[Subscriber] = []
+        curve = curve or {}
         try:
             for endpoint, topics in owners.items():
                 self._subs.append(
-                    Subscriber(endpoint, topics, rcvhwm=rcvhwm, shm_copy=shm_copy, owns=topics)
+                    Subscriber(
+                        endpoint,
+                        topics,
+                        rcvhwm=rcvhwm,
+                        shm_copy=shm_copy,
+                        owns=topics if exact else None,
+                        curve=curve.get(endpoint),
+                    )
                 )
         except EndpointError:
             self.close()
