@@ -208,6 +208,14 @@ class _Peek(msgspec.Struct):
     kind: str | int | None = None
 
 
+#: What a topic's first part says its messages are (other topics are free).
+_KIND_OF_PREFIX: dict[bytes, type[Message]] = {
+    b"video": VideoFrame,
+    b"audio": AudioWindow,
+    b"result": Classification,
+    b"heartbeat": Heartbeat,
+}
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 _peek_decoder = msgspec.msgpack.Decoder(_Peek)
@@ -300,6 +308,11 @@ def decode(
             "size_mismatch",
             f"{header.__class__.__name__} header implies {expected} payload bytes, got {size}",
             topic=topic,
+        )
+    want = _KIND_OF_PREFIX.get(topic.split(b"/", 1)[0])
+    if want is not None and not isinstance(header, want):
+        raise DecodeError(
+            "invalid", f"a {header.__class__.__name__} on a topic of {want.__name__}s", topic=topic
         )
     if isinstance(header, AudioWindow):
         _check_window(header, payload, topic)

@@ -1,8 +1,11 @@
 /* A streamfuse subscriber in C: libzmq + msgpack-c, nothing from streamfuse.
  *
  *   cc -O2 -o subscriber subscriber.c -lzmq -lmsgpackc
- *   ./subscriber tcp://127.0.0.1:5560 [COUNT]
+ *   ./subscriber tcp://127.0.0.1:5560 [COUNT] [SERVER_KEY]
  *
+ * SERVER_KEY: the daemon's public key file (`streamfuse keys generate`, zmq.auth's format),
+ * for an engine.output beyond loopback, which is a CURVE server; this side makes a fresh key
+ * pair (a daemon with security.authorized_keys lets in only the keys listed there).
  * Receives [topic, header] multipart messages on topic prefix "result/" and prints, per
  * classification: the camera, the label and its score, the capture time of the latest
  * input and the total latency. Written from docs/protocol.md alone.
@@ -40,6 +43,25 @@ static double as_float(const msgpack_object *o) {
     return -1.0;
 }
 
+/* The 40-character z85 value of `field = "..."` in a zmq.auth certificate file. */
+static int read_key(const char *path, const char *field, char *out) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[256], pattern[64];
+    snprintf(pattern, sizeof pattern, "%s = \"", field);
+    int found = -1;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, pattern);
+        if (p && strlen(p + strlen(pattern)) >= 40) {
+            memcpy(out, p + strlen(pattern), 40);
+            out[40] = '\0';
+            found = 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
 static void print_str(const msgpack_object *o) {
     if (o && o->type == MSGPACK_OBJECT_STR)
         printf("%.*s", (int)o->via.str.size, o->via.str.ptr);
@@ -52,6 +74,17 @@ int main(int argc, char **argv) {
     long count = argc > 2 ? atol(argv[2]) : -1;
     void *ctx = zmq_ctx_new();
     void *sub = zmq_socket(ctx, ZMQ_SUB);
+    if (argc > 3) { /* CURVE: the server's public key, and a fresh pair of our own */
+        char server[41], public_key[41], secret_key[41];
+        if (read_key(argv[3], "public-key", server) != 0) {
+            fprintf(stderr, "cannot read a public key from %s\n", argv[3]);
+            return 2;
+        }
+        zmq_curve_keypair(public_key, secret_key);
+        zmq_setsockopt(sub, ZMQ_CURVE_SERVERKEY, server, 40);
+        zmq_setsockopt(sub, ZMQ_CURVE_PUBLICKEY, public_key, 40);
+        zmq_setsockopt(sub, ZMQ_CURVE_SECRETKEY, secret_key, 40);
+    }
     if (zmq_connect(sub, endpoint) != 0) {
         fprintf(stderr, "cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
         return 2;

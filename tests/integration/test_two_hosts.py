@@ -20,7 +20,7 @@ from streamfuse.security import generate_keys
 from streamfuse.transport import Subscriber
 
 from ..conftest import Children, require_system
-from .helpers import wait_healthy, write_config
+from .helpers import free_port, wait_healthy, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -127,5 +127,37 @@ def test_a_camera_on_another_host_over_curve(
         results = _results(client, 3)
     assert results and all(r.degraded and r.missing == ["video/front"] for r in results)
     assert _engine_beat(cfg["engine"]["output"]).get("rejected_auth_failed", 0) >= 1
+    status, _, err = children.stop(sup)
+    assert status == 0, err
+
+
+def test_an_app_on_another_host_reads_results_over_curve(
+    camera_host: list[str], keys: Path, tmp_path: Path, children: Children
+) -> None:
+    """engine.output on the daemon's address beyond loopback is a CURVE server: the C
+    subscriber (fresh key pair) reads it from the camera's host with the daemon's public
+    key, and the Python Client too; without the key nothing arrives."""
+    require_system("c-toolchain")
+    exe = tmp_path / "subscriber"
+    sh(shutil.which("cc") or "cc", "-O2", "-o", str(exe),
+       str(ROOT / "examples" / "c" / "subscriber.c"), "-lzmq", "-lmsgpackc")  # fmt: skip
+    output = f"tcp://{DAEMON_IP}:{free_port()}"
+    path, cfg = write_config(
+        tmp_path,
+        engine={"output": output},
+        security={"key": str(keys / "daemon.key_secret")},
+    )
+    sup = children.streamfuse("run", "--config", str(path))
+    wait_healthy(cfg["http"]["port"])
+    app = subprocess.run(
+        [*camera_host, str(exe), output, "3", str(keys / "daemon.key")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert app.returncode == 0 and "3 classifications, 0 rejected" in app.stderr, app.stderr
+    assert len(app.stdout.splitlines()) == 3
+    with Client(output, server_key=str(keys / "daemon.key")) as client:
+        assert client.recv(timeout=15) is not None
+    with Client(output, server_key=str(keys / "stranger.key")) as wrong:
+        assert wrong.recv(timeout=2) is None
     status, _, err = children.stop(sup)
     assert status == 0, err

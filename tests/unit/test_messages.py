@@ -274,3 +274,26 @@ def test_hostile_headers_are_accepted_or_rejected_by_reason_never_raised(
     assert 0 <= h.seq < m.MAX_INT and 0 <= h.t_capture < m.MAX_INT
     assert env.topic.decode("utf-8") and len(env.topic) <= m.MAX_TOPIC_BYTES
     m.encode(h)  # and can be sent on again (a heartbeat, a recording)
+
+
+@pytest.mark.parametrize(
+    ("topic", "header"),
+    [
+        (b"audio/mic0", m.VideoFrame(stream="x", t_capture=1, width=1, height=1)),
+        (b"video/front", m.Heartbeat(stream="x", t_capture=1)),
+        (b"heartbeat/video/front", m.Classification(stream="x", t_capture=1)),
+        (b"result/front", m.Heartbeat(stream="x", t_capture=1)),
+    ],
+)
+def test_a_kind_on_another_kinds_topic_is_invalid(topic: bytes, header: m.Message) -> None:
+    size = m.expected_payload_size(header)
+    with pytest.raises(DecodeError) as info:
+        m.decode([topic, m.encode(header), *([bytes(size)] if size else [])])
+    assert info.value.reason == "invalid" and "on a topic of" in str(info.value)
+
+
+def test_trailing_bytes_after_the_header_are_malformed() -> None:
+    raw = m.encode(m.Heartbeat(stream="x", t_capture=1))
+    with pytest.raises(DecodeError) as info:
+        m.decode([b"heartbeat/x", raw + b"\x00"])
+    assert info.value.reason == "malformed" and "trailing" in str(info.value)
