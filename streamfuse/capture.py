@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from .clock import clock_state
 from .errors import ConfigError
 from .messages import Heartbeat, Message
 from .transport import Publisher, heartbeat_topic
@@ -206,6 +207,7 @@ def run_capture(
     """Publish everything ``source`` produces until it ends, ``stop`` is set, or
     ``max_messages`` have gone out. Heartbeats go to ``heartbeat/<topic>``."""
     hb_topic = heartbeat_topic(topic)
+    sync, clock_error = clock_state()  # once: adjtimex's view changes slowly
     start = time.monotonic_ns()
     seq = 0
     hb_seq = 0
@@ -234,6 +236,8 @@ def run_capture(
                 errors={**source.errors, **_refused(publisher)},
                 last_error=source.last_error,
                 state=state,
+                clock_sync=sync,
+                clock_error_ns=clock_error,
             ),
         )
         hb_seq += 1

@@ -79,6 +79,19 @@ class CameraConfig(_Sensor):
     server_key: (
         Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
     ) = None
+    clock: (
+        Annotated[
+            Literal["local", "wall"],
+            _opt("local: t_capture is this box's clock; wall: map t_wall (beyond loopback)"),
+        ]
+        | None
+    ) = None
+    clock_error_ms: (
+        Annotated[
+            float, _opt("a known bound on its clock's error (else what it says)", ge=0, le=60_000)
+        ]
+        | None
+    ) = None
     fps: (
         Annotated[float, _opt("synthetic/devices: frame rate; files: decimate", gt=0, le=1000)]
         | None
@@ -113,6 +126,19 @@ class MicConfig(_Sensor):
     topic: Annotated[str, _opt("its topic (default audio/<name>)", pattern=TOPIC)] | None = None
     server_key: (
         Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
+    ) = None
+    clock: (
+        Annotated[
+            Literal["local", "wall"],
+            _opt("local: t_capture is this box's clock; wall: map t_wall (beyond loopback)"),
+        ]
+        | None
+    ) = None
+    clock_error_ms: (
+        Annotated[
+            float, _opt("a known bound on its clock's error (else what it says)", ge=0, le=60_000)
+        ]
+        | None
     ) = None
     rate: Annotated[int, _opt("sample rate, Hz", ge=1000, le=384_000)] = 16_000
     window_ms: Annotated[float, _opt("the model's window", ge=10.0, le=10_000.0)] = 1000.0
@@ -312,6 +338,15 @@ class RunConfig(_Section):
     def sensors(self) -> list[tuple[str, CameraConfig | MicConfig]]:
         """Every sensor with its topic: the cameras, then the microphone."""
         return [*((self.camera_topic(c), c) for c in self.cameras), (self.mic_topic, self.mic)]
+
+    def clock_of(self, topic: str) -> str:
+        """``wall`` (map through t_wall) or ``local`` (this box's CLOCK_MONOTONIC)."""
+        from .security import leaves_box
+
+        sensor = dict(self.sensors()).get(topic)
+        if sensor is None or sensor.endpoint is None:
+            return "local"  # started here
+        return sensor.clock or ("wall" if leaves_box(sensor.endpoint) else "local")
 
     def source_endpoint(self, topic: str) -> str:
         """Where the sensor of ``topic`` publishes: its own endpoint if it is external."""

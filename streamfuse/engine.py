@@ -20,9 +20,11 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from .backend import Backend, BackendOptions, ModelInfo, open_backend
+from .clock import clock_state, local_offset_ns, to_local
 from .config import RunConfig
 from .messages import AudioWindow, Classification, Envelope, Heartbeat, InputRef, VideoFrame
 from .preprocess import Preprocessor
@@ -90,6 +92,19 @@ class Engine:
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
         self._sha = self.model.sha256[:12]
         self._output: Publisher | None = None
+        # Sources on other boxes: their times mapped through t_wall (streamfuse.clock).
+        self._wall = {t for t in (*self.cameras, self.mic) if cfg.clock_of(t) == "wall"}
+        self._clock_bound = {
+            t: int(sensor.clock_error_ms * 1_000_000)
+            for t, sensor in cfg.sensors()
+            if sensor.clock_error_ms is not None
+        }
+        self._remote_clock: dict[str, tuple[str, int | None]] = {}
+        self._local_clock = clock_state()
+        self._unsynced: set[str] = set()
+        self.clock_drops: Counter[str] = Counter()
+        self.clock_offsets: dict[str, int] = {}
+        """Per source on another box: its t_capture minus ours for the same instant."""
         self._labels = self.model.labels
 
     # --- the loop ----------------------------------------------------------------
@@ -163,7 +178,15 @@ class Engine:
         if not isinstance(env.header, want):  # e.g. a window sent on a camera's topic
             self._error("wrong_kind", f"a {type(env.header).__name__} on topic {topic}: dropped")
             return self.tick(now)
+        if topic in self._wall and not isinstance(env.header, Heartbeat):
+            mapped = self._map_clock(topic, env)
+            if mapped is None:
+                return self.tick(now)
+            env = mapped
         if isinstance(env.header, Heartbeat):
+            source = topic.removeprefix("heartbeat/")
+            if source in self._wall:  # how far its t_wall can be trusted
+                self._remote_clock[source] = (env.header.clock_sync, env.header.clock_error_ns)
             if env.header.state == "eof":
                 self._ended.add(topic.removeprefix("heartbeat/"))
             return self.tick(now)
@@ -177,6 +200,32 @@ class Engine:
             self._arrivals.popitem(last=False)
         bundles = self.sync.push(env, pushed)
         return [s for b in bundles for s in self._samples(b)] + self._camera_only(now)
+
+    def _map_clock(self, topic: str, env: Envelope) -> Envelope | None:
+        """A message from another box, its t_capture put on this box's clock through its
+        t_wall; None (counted ``clock_unsynced``) while that cannot be trusted to within the
+        sync tolerance."""
+        h = env.header
+        error = self._clock_error(topic)
+        if error is None or error > self.sync.config.tolerance or h.t_wall == 0:
+            self.clock_drops[topic] += 1
+            self._unsynced.add(topic)
+            return None
+        self._unsynced.discard(topic)
+        local = to_local(h.t_wall, local_offset_ns())
+        self.clock_offsets[topic] = h.t_capture - local
+        return Envelope(env.topic, msgspec.structs.replace(h, t_capture=local), env.payload)
+
+    def _clock_error(self, topic: str) -> int | None:
+        """How far a mapped time may be off: the configured bound, else the two boxes'
+        reported maximum errors added; None where either is not synchronized or not known."""
+        if (bound := self._clock_bound.get(topic)) is not None:
+            return bound
+        sync, remote = self._remote_clock.get(topic, ("unknown", None))
+        local_sync, local = self._local_clock
+        if sync != "synced" or local_sync != "synced" or remote is None or local is None:
+            return None
+        return remote + local
 
     def tick(self, now: int) -> list[_Sample]:
         """Nothing arrived: release bundles whose deadline has come."""
@@ -284,6 +333,7 @@ class Engine:
                 audio_score=float(p_aud[i].max()),
                 degraded=bool(s.missing),
                 missing=sorted(set(s.missing)),
+                reasons={m: "clock_unsynced" for m in s.missing if m in self._unsynced},
                 inputs=[_ref(e) for e in (s.frame, s.audio) if e is not None],
                 model=self._sha,
                 backend=self._tag,
@@ -325,6 +375,8 @@ class Engine:
         pub_refused = self._output.auth_refused if self._output is not None else 0
         for reason, n in sub.rejected.items():
             drops[f"rejected_{reason}"] += n
+        if self.clock_drops:
+            drops["clock_unsynced"] = sum(self.clock_drops.values())
         gaps = sum(st.gaps for st in sub.streams.values())
         if gaps:
             drops["gap"] = gaps
@@ -348,6 +400,7 @@ class Engine:
                 for t, st in sub.streams.items()
                 if not t.startswith(b"heartbeat/")
             },
+            clock_offsets_ns=dict(self.clock_offsets),
         )
 
 

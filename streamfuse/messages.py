@@ -165,6 +165,11 @@ class Classification(_Header, kw_only=True, tag="classification"):
     """First 12 hex digits of the model file's sha256."""
     backend: Label = ""
     """``name/device/precision`` of the backend that ran it."""
+    reasons: Annotated[dict[Label, Label], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=dict
+    )
+    """Why a missing input is missing, where known (``clock_unsynced``: its clock could not
+    be mapped onto the engine's within the sync tolerance)."""
 
 
 class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
@@ -189,6 +194,16 @@ class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
     """Queue depths (the engine's synchronizer queues, by stream)."""
     received: Counts = msgspec.field(default_factory=dict)
     """Messages received, by input topic (the engine's; empty for a sensor)."""
+    clock_sync: Literal["synced", "unsynced", "unknown"] = "unknown"
+    """Whether the sender's CLOCK_REALTIME is synchronized (adjtimex), so ``t_wall`` of its
+    messages can place them on another box's clock."""
+    clock_error_ns: Nanos | None = None
+    """The sender's realtime clock's maximum error, when synchronized."""
+    clock_offsets_ns: Annotated[dict[Label, int], msgspec.Meta(max_length=256)] = msgspec.field(
+        default_factory=dict
+    )
+    """The engine's: per source on another box, its t_capture minus the engine's clock for
+    the same instant (through t_wall)."""
 
 
 Message: TypeAlias = VideoFrame | AudioWindow | Classification | Heartbeat

@@ -159,8 +159,15 @@ class _Metrics:
             labels=["stream", "external"],
         )
         now = time.monotonic()
+        offset = GaugeMetricFamily(
+            "streamfuse_source_clock_offset_seconds",
+            "A source on another box: its capture clock minus the engine's (through t_wall).",
+            labels=["stream"],
+        )
         for topic, src in self.sup.sources(now).items():
             age.add_metric([topic, str(src["external"]).lower()], src["last_data_s"])
+            if src["clock_offset_ms"] is not None:
+                offset.add_metric([topic], src["clock_offset_ms"] / 1e3)
         rejected = CounterMetricFamily(
             "streamfuse_supervisor_rejected",
             "Messages the supervisor refused, by reason.",
@@ -168,7 +175,7 @@ class _Metrics:
         )
         for reason, n in self.sup.rejected().items():
             rejected.add_metric([reason], n)
-        yield from (rate, drops, errors, depth, restarts, results, age, rejected)
+        yield from (rate, drops, errors, depth, restarts, results, age, offset, rejected)
 
 
 class Supervisor:
@@ -487,15 +494,20 @@ class Supervisor:
         """Per sensor: started or external, where, how much the engine has received, and
         whether it is stale (nothing new for ``hang_timeout_s``, 3 s by default)."""
         limit = self.cfg.hang_timeout_s or 3.0
+        engine = self.heartbeats.get(RESULT_PREFIX)
+        offsets = engine.clock_offsets_ns if engine is not None else {}
         out = {}
         for topic, sensor in self.cfg.sensors():
             n, since = self.arrivals[topic]
+            offset = offsets.get(topic)
             out[topic] = {
                 "external": sensor.endpoint is not None,
                 "endpoint": self.cfg.source_endpoint(topic),
                 "received": n,
                 "last_data_s": round(now - since, 3),
                 "stale": now - since > limit,
+                "clock": self.cfg.clock_of(topic),
+                "clock_offset_ms": None if offset is None else round(offset / 1e6, 3),
             }
         return out
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,63 @@ def test_an_app_on_another_host_reads_results_over_curve(
         assert wrong.recv(timeout=2) is None
     status, _, err = children.stop(sup)
     assert status == 0, err
+
+
+SKEWED_CAMERA = """
+import sys, time
+import numpy as np
+from streamfuse.messages import Heartbeat, VideoFrame
+from streamfuse.transport import Publisher
+SKEW = 3_000_000_000  # this camera's CLOCK_MONOTONIC runs 3 s ahead of the daemon's box
+with Publisher(sys.argv[1], shm=False) as pub:
+    frame, seq, beat = np.zeros((48, 64, 3), np.uint8), 0, 0.0
+    while True:
+        t = time.monotonic_ns() + SKEW
+        pub.send("video/front", VideoFrame(stream="front", seq=seq, t_capture=t,
+                 t_wall=time.time_ns(), width=64, height=48), frame)
+        if time.monotonic() - beat > 0.5:  # says its realtime clock is not synchronized
+            pub.send("heartbeat/video/front", Heartbeat(stream="front", seq=seq, t_capture=t,
+                     t_wall=time.time_ns(), clock_sync="unsynced"))
+            beat = time.monotonic()
+        seq += 1
+        time.sleep(1 / 30)
+"""
+
+
+@pytest.mark.parametrize("bound_ms", [1.0, None], ids=["clock-bound-given", "clock-unsynced"])
+def test_a_camera_whose_clock_runs_3_s_ahead_is_mapped_or_refused(
+    bound_ms: float | None, camera_host: list[str], tmp_path: Path, children: Children
+) -> None:
+    """Beyond loopback, times go through t_wall: with a known bound on the clocks' error
+    (the two namespaces share one kernel clock) the frames pair with the windows of the
+    same moment, and the engine reports the 3 s offset; with no such knowledge (the camera
+    says its clock is unsynchronized) the camera is refused: degraded, clock_unsynced."""
+    endpoint = f"tcp://{CAMERA_IP}:{free_port()}"
+    children.start([*camera_host, sys.executable, "-c", SKEWED_CAMERA, endpoint],
+                   env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    front = {"name": "front", "endpoint": endpoint, "clock_error_ms": bound_ms}
+    path, cfg = write_config(tmp_path, cameras=[front], security={"insecure": True})
+    sup = children.streamfuse("run", "--config", str(path))
+    assert wait_healthy(cfg["http"]["port"])["insecure"] is True
+    with Client(cfg["engine"]["output"]) as client:
+        results = _results(client, 6)[2:]  # once the camera is connected
+    beat = _engine_beat_header(cfg["engine"]["output"])
+    assert results
+    if bound_ms is not None:
+        assert not any(r.degraded for r in results), results
+        for r in results:
+            frame, audio = r.inputs
+            centre = (audio.t0 + audio.t1) // 2
+            assert abs(frame.t0 - centre) <= 50_000_000  # the sync tolerance, on our clock
+        assert abs(beat.clock_offsets_ns["video/front"] - 3_000_000_000) < 50_000_000
+    else:
+        assert all(r.degraded and r.reasons == {"video/front": "clock_unsynced"} for r in results)
+        assert beat.drops.get("clock_unsynced", 0) >= 1
+    children.stop(sup)
+
+
+def _engine_beat_header(output: str) -> Any:
+    with Subscriber(output, ["heartbeat/result/"]) as sub:
+        env = sub.recv(timeout=5)
+    assert env is not None
+    return env.header
