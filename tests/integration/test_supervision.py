@@ -61,6 +61,12 @@ def test_a_hung_camera_is_killed_within_three_heartbeats_by_default(
     sup = children.streamfuse("run", "--config", str(path))
     port = cfg["http"]["port"]
     pid = wait_healthy(port)["children"]["camera front"]["pid"]
+    # hung once running: after its first heartbeat (before it, start-up has 30 s of grace)
+    _wait_for(
+        lambda: "video/front" in http_json(port, "/healthz")[1]["heartbeat_age_s"],
+        15,
+        "the camera's first heartbeat",
+    )
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
@@ -76,14 +82,17 @@ def test_a_hung_camera_is_killed_within_three_heartbeats_by_default(
 
 def test_the_engine_is_back_soon_after_kill_9(tmp_path: Path, children: Children) -> None:
     """With the default restart delay (0.2 s) and no torch import, the new engine's loop
-    (subscribed, model warm) starts within 1 s of the kill. Times are the engine's own
-    (its heartbeat's send time less its uptime; a result's capture time plus its latency
-    ledger), since a subscriber only sees them once it has reconnected."""
+    starts, and its first result is out, within 1 s of the kill (that one degraded: its
+    window's middle frame came before the new engine was there); the first whole one within
+    a window more. Times are the engine's own (its heartbeat's send time less its uptime; a
+    result's capture time plus its latency ledger). Both sockets are read all along: libzmq
+    attaches a reconnected pipe only when the socket is next used."""
     path, cfg = write_config(tmp_path)
     cfg.pop("restart_backoff_s")  # the default
     path.write_text(yaml.safe_dump(cfg))
     sup = children.streamfuse("run", "--config", str(path))
     engine = wait_healthy(cfg["http"]["port"])["children"]["engine"]["pid"]
+    loop_started = first = whole = None
     with (
         Client(cfg["engine"]["output"]) as client,
         Subscriber(cfg["engine"]["output"], ["heartbeat/result/"]) as beats,
@@ -91,29 +100,25 @@ def test_the_engine_is_back_soon_after_kill_9(tmp_path: Path, children: Children
         assert client.recv(timeout=15) is not None and beats.recv(timeout=5) is not None
         os.kill(engine, signal.SIGKILL)
         killed = time.monotonic_ns()
-        beat = _wait_for(
-            lambda: (
-                (e := beats.recv(timeout=0.1)) is not None
-                and e.header.pid not in (0, engine)  # type: ignore[union-attr]
-                and e.header
-            ),
-            15,
-            "a heartbeat of the new engine",
-        )
-        loop_started = beat.t_capture - beat.uptime_ns
-        published = _wait_for(
-            lambda: (
-                (r := client.recv(timeout=0.5)) is not None
-                and (p := r.t_capture + r.latency["total"]) > loop_started
-                and p
-            ),
-            15,
-            "a result of the new engine",
-        )
-    back, first = (loop_started - killed) / 1e9, (published - killed) / 1e9
-    print(f"engine kill -9 -> new engine's loop started {back:.2f} s, first result {first:.2f} s")
-    assert back < 1.0, back
-    assert first < back + 1.5, first  # the next window to end, and its frames
+        deadline = time.monotonic() + 15
+        while whole is None or loop_started is None:
+            assert time.monotonic() < deadline, (loop_started, first, whole)
+            b = beats.recv(timeout=0)
+            if b is not None and b.header.pid not in (0, engine):  # type: ignore[union-attr]
+                loop_started = b.header.t_capture - b.header.uptime_ns  # type: ignore[union-attr]
+            r = client.recv(timeout=0.02)
+            if r is None or min(i.t0 for i in r.inputs) < killed - 2 * 10**9:
+                continue
+            published = r.t_capture + r.latency["total"]
+            if published > killed:  # the old engine is gone: this is the new one's
+                first = first or published
+                if not r.degraded:
+                    whole = published
+    back, first_s, whole_s = ((t - killed) / 1e9 for t in (loop_started, first, whole))
+    print(f"engine kill -9 -> loop {back:.2f} s, first result {first_s:.2f} s, "
+          f"first whole {whole_s:.2f} s")  # fmt: skip
+    assert back < 1.0 and first_s < 1.0, (back, first_s)
+    assert whole_s < first_s + 1.0, whole_s
     children.stop(sup)
 
 
