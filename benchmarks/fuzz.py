@@ -1,19 +1,19 @@
-"""Fuzz a running engine and recorder through the sensors' own endpoints.
+"""Fuzz the whole running daemon through its sensors' endpoints.
 
     python benchmarks/fuzz.py [--messages 1000000] [--seed 0] [--write docs/benchmarks.md]
 
-The real `streamfuse engine` and `streamfuse record` processes, as `run` starts them,
-connect to a camera and a microphone endpoint that this script binds, playing a hostile
-sensor. It sends a clean session, then ``--messages`` messages drawn at random from:
+A real `streamfuse run --record` (supervisor, engine, recorder) whose camera and microphone
+are external: this script binds their endpoints and plays a hostile sensor (data and
+heartbeat topics, which the engine, the supervisor and the recorder all read). It sends a clean session, then ``--messages`` messages drawn at random from:
 raw random frames (1-4 parts), structure-aware hostile headers (the real keys, values at
 and past every edge, nested arrays, non-UTF-8 and foreign topics), valid-but-absurd
 messages (seq 2**64-1, a 1 Hz window, NaN samples, a result on a heartbeat topic), and
 valid frames and windows; then a clean session again. Lossless publishers, so every
 message reaches both readers.
 
-Passes when: both processes are alive at the end and exit 0 on SIGTERM, the last clean
-session is classified, the recording is readable, and the engine's memory grew by less
-than 32 MiB. Reports rejections by reason, rates, and memory before and after.
+Passes when: every process is alive at the end, none was restarted, /healthz is ok, the
+daemon exits 0 on SIGTERM, the last clean session is classified, the recording is readable,
+and the engine's and the supervisor's memory grew by less than 32 MiB. Reports rejections by reason, rates, and memory before and after.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import numpy as np
 import psutil
 
 from streamfuse import Client
-from streamfuse.config import RunConfig, dump_config
 from streamfuse.messages import AudioWindow, Classification, Heartbeat, VideoFrame
 from streamfuse.record import read_recording
 from streamfuse.transport import Publisher, Subscriber
@@ -126,6 +125,21 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def healthz(port: int) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000)
@@ -135,77 +149,93 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="sf-fuzz-", dir="/tmp"))
-    cfg = RunConfig(run_dir=str(tmp))
-    cfg.engine.output = f"ipc://{tmp}/result"
-    cfg.engine.backend = "onnxruntime"
-    (tmp / "config.json").write_bytes(dump_config(cfg))
-    cam = Publisher(cfg.endpoint("video/front"), lossless=True, sndhwm=1000)
-    mic = Publisher(cfg.endpoint("audio/mic0"), lossless=True, sndhwm=1000)
-    py = [sys.executable, "-m", "streamfuse"]
-    engine = subprocess.Popen([*py, "engine", "--config", str(tmp / "config.json")],
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cam_ep, mic_ep, output = (f"ipc://{tmp}/{n}" for n in ("cam", "mic", "result"))
+    port = free_port()
+    config = {  # the whole daemon, its camera and microphone played by this script
+        "cameras": [{"name": "front", "endpoint": cam_ep}],
+        "mic": {"name": "mic0", "endpoint": mic_ep},
+        "engine": {"output": output, "backend": "onnxruntime"},
+        "http": {"port": port},
+        "run_dir": str(tmp / "run"),
+    }
+    (tmp / "c.yaml").write_text(json.dumps(config))
+    cam = Publisher(cam_ep, lossless=True, sndhwm=1000)
+    mic = Publisher(mic_ep, lossless=True, sndhwm=1000)
     out = tmp / "fuzz.mcap"
-    recorder = subprocess.Popen(
-        [*py, "record", "--out", str(out), "--json", "--endpoint", cfg.endpoint("video/front"),
-         "--endpoint", cfg.endpoint("audio/mic0")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "streamfuse", "run", "--config", str(tmp / "c.yaml"),
+         "--record", str(out), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    client = Client(cfg.engine.output)
+    client = Client(output)
     try:
-        assert cam.wait_for_subscriber(30, b"video/front"), "the engine did not connect"
+        assert cam.wait_for_subscriber(60, b"video/front"), "the engine did not connect"
         assert mic.wait_for_subscriber(30, b"audio/mic0")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = healthz(port)
+                if health["status"] == "ok" and health["children"]["recorder"]["pid"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the daemon did not come up"
+            time.sleep(0.2)
         time.sleep(1.0)  # the recorder and the client connect too
+        pids = {"supervisor": daemon.pid} | {
+            n: health["children"][n]["pid"] for n in ("engine", "recorder")
+        }
         seq = clean_session(cam, mic, 0)
         before = [client.recv(timeout=15) for _ in range(3)]
         assert all(before), "no classification before fuzzing"
-        rss0 = {"engine": rss_mib(engine.pid), "recorder": rss_mib(recorder.pid)}
-        topics = [b"video/front", b"heartbeat/video/front"]
+        rss0 = {n: rss_mib(p) for n, p in pids.items()}
         start = time.monotonic()
         for n in range(args.messages):
             pub = cam if n % 4 else mic
-            t = [b"audio/mic0", b"heartbeat/audio/mic0"] if pub is mic else topics
+            t = [b"audio/mic0", b"heartbeat/audio/mic0"] if pub is mic else [
+                b"video/front", b"heartbeat/video/front"
+            ]  # fmt: skip
             pub._sock.send_multipart(hostile(rng, t))
             if n % 100_000 == 99_999:
                 print(f"  {n + 1:,} sent ({(n + 1) / (time.monotonic() - start):,.0f}/s)",
                       file=sys.stderr, flush=True)  # fmt: skip
         sent_s = time.monotonic() - start
-        drained_s = wait_drained(cfg.engine.output) - start
+        drained_s = wait_drained(output) - start
         clean_session(cam, mic, seq)
-        # results of the clean session after the flood: the engine still classifies
-        after = []
+        after = []  # the clean session after the flood: still classified
         deadline = time.monotonic() + 120
         while len(after) < 3 and time.monotonic() < deadline:
             r = client.recv(timeout=5)
             if r is not None and not r.degraded:
                 after.append(r)
-        with Subscriber(cfg.engine.output, ["heartbeat/"]) as hb:
+        with Subscriber(output, ["heartbeat/"]) as hb:
             env = hb.recv(timeout=10)
         beat = env.header if env is not None and isinstance(env.header, Heartbeat) else None
-        rss1 = {"engine": rss_mib(engine.pid), "recorder": rss_mib(recorder.pid)}
-        alive = {"engine": engine.poll() is None, "recorder": recorder.poll() is None}
+        health = healthz(port)
+        rss1 = {n: rss_mib(p) for n, p in pids.items()}
+        alive = {n: psutil.pid_exists(p) for n, p in pids.items()}
     finally:
         client.close()
-        for p in (engine, recorder):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        engine_err = engine.communicate(timeout=60)[1]
-        rec_out, rec_err = recorder.communicate(timeout=120)
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        err = daemon.communicate(timeout=120)[1]
         cam.close()
         mic.close()
-    rec_summary = json.loads(rec_out.strip().splitlines()[-1]) if rec_out.strip() else {}
     recording = read_recording(out)
     report = {
         "messages": args.messages,
         "send_rate": round(args.messages / sent_s),
         "engine_read_all_s": round(drained_s, 1),
         "alive_at_end": alive,
-        "exit_status": {"engine": engine.returncode, "recorder": recorder.returncode},
+        "daemon_exit_status": daemon.returncode,
+        "restarts": {n: c["restarts"] for n, c in health["children"].items()},
+        "healthz_at_end": health["status"],
         "classified_after": len(after),
         "engine_rejected": {
             k.removeprefix("rejected_"): v for k, v in sorted((beat.drops if beat else {}).items())
         },
         "engine_errors": dict(beat.errors) if beat is not None else {},
-        "recorder_rejected": rec_summary.get("rejected", {}),
+        "supervisor_rejected": health.get("rejected", {}),
         "recording_readable": recording.problem is None,
         "recorded_messages": len(recording.messages),
         "rss_mib_before": {k: round(v, 1) for k, v in rss0.items()},
@@ -214,22 +244,26 @@ def main() -> None:
     }
     ok = (
         all(alive.values())
-        and engine.returncode == 0
-        and recorder.returncode == 0
+        and daemon.returncode == 0
+        and not any(report["restarts"].values())
+        and health["status"] == "ok"
         and len(after) == 3
         and report["recording_readable"]
         and rss1["engine"] - rss0["engine"] < 32
+        and rss1["supervisor"] - rss0["supervisor"] < 32
     )
     report["pass"] = ok
     if not ok:
-        print(engine_err[-3000:], rec_err[-3000:], file=sys.stderr)
+        print(err[-3000:], file=sys.stderr)
     print(json.dumps(report, indent=None if args.json else 2))
     if args.write:
         rows = "\n".join(f"| {k} | {json.dumps(v)} |" for k, v in report.items() if k != "machine")
         body = (
-            "## Reliability: a hostile sensor against the engine and the recorder\n\n"
+            "## Reliability: a hostile camera and microphone against the whole daemon\n\n"
             f"`python benchmarks/fuzz.py --messages {args.messages} --write docs/benchmarks.md`"
-            f" on {report['machine']}.\n\n| | |\n|---|---|\n{rows}\n"
+            f" on {report['machine']}: `streamfuse run --record` (supervisor, engine, "
+            "recorder) with both sensors external, played by the script on their ipc:// "
+            "endpoints.\n\n| | |\n|---|---|\n" + rows + "\n"
         )
         write_section(args.write, "fuzz", body)
     sys.exit(0 if ok else 1)
