@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -35,6 +36,9 @@ __all__ = ["RESULT_PREFIX", "Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
 
+HELD_FRAMES = 48
+"""Per camera: the latest frames kept as shared-memory views (1.6 s at 30 fps; a camera's
+ring has 64 slots, so it never has to reuse a held one while the engine keeps up)."""
 RESULT_PREFIX = "result/"
 TICK_S = 0.005
 
@@ -92,6 +96,7 @@ class Engine:
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
         self._sha = self.model.sha256[:12]
         self._output: Publisher | None = None
+        self._intact: Callable[[Envelope], bool] = lambda env: True  # (replayed: copies)
         # Sources on other boxes: their times mapped through t_wall (streamfuse.clock).
         self._wall = {t for t in (*self.cameras, self.mic) if cfg.clock_of(t) == "wall"}
         self._clock_bound = {
@@ -120,7 +125,12 @@ class Engine:
             owners.setdefault(ep, []).extend([topic, heartbeat_topic(topic)])
         pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())
         self._output = pub
-        sub = Sources(owners, rcvhwm=256, curve=cfg.curve_clients())
+        # Frames stay in their shared-memory slots (views; the latest HELD_FRAMES of each
+        # camera held there) until a window wants one: only paired frames are read.
+        sub = Sources(
+            owners, rcvhwm=256, curve=cfg.curve_clients(), shm_copy=False, shm_hold=HELD_FRAMES
+        )
+        self._intact = sub.intact
         hb_topic = heartbeat_topic(RESULT_PREFIX)
         start = last_hb = time.monotonic_ns()
         hb_seq = 0
@@ -300,6 +310,11 @@ class Engine:
                 self._error("preprocess", f"{s.camera}: {exc}")
                 images.append(self.pre.blank_image())
                 s.missing.append(s.camera)
+            else:
+                if s.frame is not None and not self._intact(s.frame):  # read while reused
+                    self._error("overwritten", f"{s.camera}: its slot was reused before use")
+                    images[-1] = self.pre.blank_image()
+                    s.missing.append(s.camera)
             if s.audio is None:
                 audios.append(self.pre.blank_audio())
             else:

@@ -38,6 +38,7 @@ import re
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
 
@@ -298,7 +299,13 @@ class _SlotView(np.ndarray):
 class ShmReader:
     """The subscriber's side: resolves references into payload bytes it owns."""
 
-    def __init__(self, *, copy: bool = True) -> None:
+    def __init__(self, *, copy: bool = True, hold: int = 1) -> None:
+        """``copy=False``: payloads are views on their slots; ``hold``: how many of the
+        latest views per segment stay valid (the slots are held through this reader's
+        registration, so a publisher does not reuse them while it has other free slots;
+        keep it below the ring's slot count, and check :meth:`intact` before use)."""
+        self.hold = max(1, hold)
+        self._held: dict[str, deque[int]] = {}
         self._segs: dict[str, tuple[_Segment, int]] = {}
         self._by_topic: dict[bytes, str] = {}
         """The segment each topic's payloads came from last."""
@@ -339,13 +346,21 @@ class ShmReader:
                 "(subscriber more than a ring behind)",
                 topic=topic,
             )
-        # A copy is done with the slot; a view holds it until the next message arrives.
-        seg.readers[row, 2] = ref.gen if self.copy else ref.gen - 1
+        # A copy is done with the slot; a view holds it (and the ``hold - 1`` before it).
+        seg.readers[row, 2] = ref.gen if self.copy else self._hold(ref.segment, ref.gen)
         if not self.copy:
             out = out.view(_SlotView)
             out.flags.writeable = False
             out.where = (meta, ref.gen)
         return out.data
+
+    def _hold(self, segment: str, gen: int) -> int:
+        """Record ``gen`` as held; the generation this reader has finished with."""
+        held = self._held.setdefault(segment, deque())
+        held.append(gen)
+        while len(held) > self.hold:
+            held.popleft()
+        return held[0] - 1
 
     def intact(self, payload: memoryview) -> bool:
         """Whether a ``copy=False`` payload still holds what was sent (its slot not reused).
@@ -362,6 +377,7 @@ class ShmReader:
     def _detach(self, name: str) -> None:
         for topic in [t for t, n in self._by_topic.items() if n == name]:
             del self._by_topic[topic]
+        self._held.pop(name, None)
         got = self._segs.pop(name, None)
         if got is None:
             return

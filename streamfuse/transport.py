@@ -313,6 +313,7 @@ class Subscriber:
         rcvhwm: int = 64,
         max_payload: int = messages.MAX_PAYLOAD_BYTES,
         shm_copy: bool = True,
+        shm_hold: int = 1,
         owns: Iterable[str | bytes] | None = None,
         curve: CurveClient | None = None,
         context: zmq.Context | None = None,
@@ -340,7 +341,7 @@ class Subscriber:
                 self._sock.close(linger=0)
                 raise EndpointError(ep, "connect to", exc.strerror) from None
         self._stats = _Stats()
-        self._shm = ShmReader(copy=shm_copy)
+        self._shm = ShmReader(copy=shm_copy, hold=shm_hold)
         # A reference names a segment of the publisher's box: only ipc:// is surely this one.
         self._shm_local = any(ep.startswith("ipc://") for ep in self.endpoints)
         self._last_complaint = 0.0
@@ -501,6 +502,7 @@ class Sources:
         *,
         rcvhwm: int = 64,
         shm_copy: bool = True,
+        shm_hold: int = 1,
         curve: dict[str, CurveClient] | None = None,
         exact: bool = True,
     ) -> None:
@@ -516,6 +518,7 @@ class Sources:
                         topics,
                         rcvhwm=rcvhwm,
                         shm_copy=shm_copy,
+                        shm_hold=shm_hold,
                         owns=topics if exact else None,
                         curve=curve.get(endpoint),
                     )
@@ -559,6 +562,11 @@ class Sources:
             if left is not None and left <= 0:
                 return None
             self._poller.poll(None if left is None else max(1, int(left * 1000)))
+
+    def intact(self, env: Envelope) -> bool:
+        """Whether a payload received as a view still holds what was sent (the check reads
+        the slot's own generation, so any of the subscribers can make it)."""
+        return not self._subs or self._subs[0].intact(env)
 
     def close(self) -> None:
         for sub in self._subs:

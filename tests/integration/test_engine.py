@@ -57,14 +57,22 @@ def engine_behind_sockets(
 
 
 def send_session(cam: Publisher, mic: Publisher, broken: bool = False) -> None:
-    """2.5 s of a "7" at 30 fps and three 1 s windows; with ``broken`` the centre frame of
-    the second window is a broken JPEG and the next one the wrong size."""
+    """2.5 s of a "7" at 30 fps and three 1 s windows, in capture order as sensors deliver
+    them (a window when it has ended); with ``broken`` the centre frame of the second window
+    is a broken JPEG and the next one the wrong size."""
     # recent enough that no window's deadline (its end + max_wait) has passed on arrival
     t0 = time.monotonic_ns() - 600 * MS
     frame = np.zeros((480, 640, 3), np.uint8)
     cv2.putText(frame, "7", (250, 330), cv2.FONT_HERSHEY_SIMPLEX, 8, (255, 255, 255), 30)
+    pcm = np.zeros(16000, np.float32)
+    windows = [t0 + k * 500 * MS for k in range(3)]
     for i in range(75):  # 2.5 s at 30 fps
         t = t0 + i * 33 * MS
+        while windows and windows[0] + 1000 * MS <= t:  # this window has ended: it comes now
+            k = 3 - len(windows)
+            window = AudioWindow(stream="mic0", seq=k, t_capture=windows.pop(0),
+                                 sample_rate=16000, channels=1, n_samples=16000)  # fmt: skip
+            mic.send("audio/mic0", window, pcm)
         hdr = VideoFrame(stream="front", seq=i, t_capture=t, width=640, height=480)
         if broken and i == 30:  # window [0.5 s, 1.5 s): its centre frame is a broken JPEG
             hdr.encoding = "jpeg"
@@ -73,16 +81,9 @@ def send_session(cam: Publisher, mic: Publisher, broken: bool = False) -> None:
             cam.send("video/front", hdr, b"short")  # size_mismatch
         else:
             cam.send("video/front", hdr, frame)
-    pcm = np.zeros(16000, np.float32)
-    for k in range(3):
-        window = AudioWindow(
-            stream="mic0",
-            seq=k,
-            t_capture=t0 + k * 500 * MS,
-            sample_rate=16000,
-            channels=1,
-            n_samples=16000,
-        )
+    for k, start in enumerate(windows, start=3 - len(windows)):
+        window = AudioWindow(stream="mic0", seq=k, t_capture=start, sample_rate=16000,
+                             channels=1, n_samples=16000)  # fmt: skip
         mic.send("audio/mic0", window, pcm)
 
 

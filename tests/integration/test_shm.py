@@ -168,7 +168,7 @@ def test_tcp_and_small_payloads_stay_inline_and_the_env_switch_turns_shm_off(
     ):
         assert pub.wait_for_subscriber(5)
         pub.send("video/front", *frame(3))
-        pub.send("audio/mic", *frame(4))
+        pub.send("video/side", *frame(4))
         assert sub.recv(timeout=5) is not None and sub.recv(timeout=5) is not None
         assert sub.shm_received == 0 and segments(os.getpid()) == set()
 
@@ -403,3 +403,34 @@ def test_a_shared_memory_reference_over_tcp_is_not_resolved_here() -> None:
             got = sub.recv(timeout=5)
     assert got is not None and got.header.seq == 8
     assert sub.rejected == {"shm_not_local": 1}
+
+
+def test_held_views_stay_valid_and_are_never_torn_silently(endpoint: str) -> None:
+    """A reader holding its latest 4 views (the engine holds 48): the publisher writes new
+    frames into other slots while it has any, so the held ones stay intact; a reader that
+    stalls leaves it none, and then a live publisher reuses the oldest, which intact()
+    reports (the engine blanks such a frame and counts it) -- never torn pixels."""
+
+    def seq_of(env: m.Envelope) -> int:
+        return int.from_bytes(bytes(env.payload[:8]), "little")  # type: ignore[index]
+
+    with (
+        Publisher(endpoint, shm_slots=8) as pub,
+        Subscriber(endpoint, ["video/"], shm_copy=False, shm_hold=4) as sub,
+    ):
+        assert pub.wait_for_subscriber(5, b"video/")
+        views = []
+        for i in range(6):
+            pub.send("video/front", *frame(i))
+            env = sub.recv(timeout=5)
+            assert env is not None
+            views.append(env)
+        held = views[-4:]
+        for i in range(6, 9):  # three more, into the slots nobody holds
+            pub.send("video/front", *frame(i))
+        assert [seq_of(e) for e in held] == [2, 3, 4, 5] and all(sub.intact(e) for e in held)
+        for i in range(9, 40):  # the reader stalls: no free slot is left
+            pub.send("video/front", *frame(i))
+        states = [(sub.intact(e), seq_of(e)) for e in held]
+    assert not all(ok for ok, _ in states), "a live publisher reuses a stalled reader's slots"
+    assert all(seq == 2 + k for k, (ok, seq) in enumerate(states) if ok)  # intact: unchanged
