@@ -390,7 +390,7 @@ class Subscriber:
                 self._sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo = ms
             if self._monitor is not None:
-                self._count_handshakes()
+                self.count_handshakes()
             try:
                 frames = self._sock.recv_multipart(copy=False)
             except zmq.Again:
@@ -466,7 +466,13 @@ class Subscriber:
         """Whether ``env``'s payload still holds what was sent (see ``shm_copy``)."""
         return env.payload is None or self._shm.intact(env.payload)
 
-    def _count_handshakes(self) -> None:
+    @property
+    def monitor(self) -> zmq.Socket | None:
+        """The socket monitor of a CURVE subscriber (its failed handshakes), for a poller."""
+        return self._monitor
+
+    def count_handshakes(self) -> None:
+        """Count the failed CURVE handshakes reported so far (``auth_failed``)."""
         assert self._monitor is not None
         while self._monitor.poll(0):
             recv_monitor_message(self._monitor)
@@ -527,8 +533,12 @@ class Sources:
             self.close()
             raise
         self._poller = zmq.Poller()
+        self._monitors: dict[zmq.Socket, Subscriber] = {}
         for sub in self._subs:
             self._poller.register(sub.socket, zmq.POLLIN)
+            if sub.monitor is not None:  # failed CURVE handshakes come here, not as data
+                self._poller.register(sub.monitor, zmq.POLLIN)
+                self._monitors[sub.monitor] = sub
         self._next = 0
 
     @property
@@ -550,18 +560,22 @@ class Sources:
         self, timeout: float | None = None
     ) -> tuple[Envelope, list[bytes | memoryview]] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        n = len(self._subs)
         while True:
-            # Round-robin over the ready ones, so a flooding publisher cannot starve the rest.
-            for k in range(len(self._subs)):
-                sub = self._subs[(self._next + k) % len(self._subs)]
-                got = sub.recv_raw(timeout=0)
-                if got is not None:
-                    self._next = (self._next + k + 1) % len(self._subs)
-                    return got
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            ms = None if left is None else max(0, int(left * 1000))
+            ready = {sock for sock, _ in self._poller.poll(ms)}
+            for sock in ready & self._monitors.keys():
+                self._monitors[sock].count_handshakes()
+            if not ready and left is not None and left <= 0.001:
                 return None
-            self._poller.poll(None if left is None else max(1, int(left * 1000)))
+            # Round-robin over the ready ones, so a flooding publisher cannot starve the rest;
+            # only those (an empty socket's recv raises, which costs more than the poll).
+            for k in range(n):
+                sub = self._subs[(self._next + k) % n]
+                if sub.socket in ready and (got := sub.recv_raw(timeout=0)) is not None:
+                    self._next = (self._next + k + 1) % n
+                    return got
 
     def intact(self, env: Envelope) -> bool:
         """Whether a payload received as a view still holds what was sent (the check reads

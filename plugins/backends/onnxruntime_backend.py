@@ -40,6 +40,10 @@ class OnnxRuntimeBackend:
         self.precision: Precision = "fp32"
         self.max_batch = options.max_batch
         so = ort.SessionOptions()
+        # Its thread pool spins after each run by default, burning a core's share while the
+        # engine waits for the next window (a few runs a second): let the threads sleep.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.threads:
             so.intra_op_num_threads = options.threads
