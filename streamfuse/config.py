@@ -48,6 +48,24 @@ TOPIC = r"^[A-Za-z0-9_.-]{1,64}/[A-Za-z0-9_.-]{1,64}$"
 Delay = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
 
 
+# What a camera and the microphone share: an outside publisher instead of a started source.
+Endpoint = Annotated[
+    str,
+    _opt(
+        "an outside publisher to subscribe to, not started (tcp:// or ipc://)",
+        pattern=r"^(tcp|ipc)://.+",
+    ),
+]
+ServerKey = Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)]
+Clock = Annotated[
+    Literal["local", "wall"],
+    _opt("local: t_capture is this box's clock; wall: map t_wall (beyond loopback)"),
+]
+ClockError = Annotated[
+    float, _opt("a known bound on its clock's error (else what it says)", ge=0, le=60_000)
+]
+
+
 class _Sensor(_Section):
     """A camera or the microphone: a ``source`` streamfuse starts, or an outside publisher's
     ``endpoint`` it subscribes to (neither: a synthetic source)."""
@@ -65,33 +83,11 @@ class CameraConfig(_Sensor):
     source: (
         Annotated[Source, _opt("device index (0), video file, http/rtsp/udp URL, synthetic")] | None
     ) = None
-    endpoint: (
-        Annotated[
-            str,
-            _opt(
-                "an outside publisher to subscribe to, not started (tcp:// or ipc://)",
-                pattern=r"^(tcp|ipc)://.+",
-            ),
-        ]
-        | None
-    ) = None
+    endpoint: Endpoint | None = None
     topic: Annotated[str, _opt("its topic (default video/<name>)", pattern=TOPIC)] | None = None
-    server_key: (
-        Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
-    ) = None
-    clock: (
-        Annotated[
-            Literal["local", "wall"],
-            _opt("local: t_capture is this box's clock; wall: map t_wall (beyond loopback)"),
-        ]
-        | None
-    ) = None
-    clock_error_ms: (
-        Annotated[
-            float, _opt("a known bound on its clock's error (else what it says)", ge=0, le=60_000)
-        ]
-        | None
-    ) = None
+    server_key: ServerKey | None = None
+    clock: Clock | None = None
+    clock_error_ms: ClockError | None = None
     fps: (
         Annotated[float, _opt("synthetic/devices: frame rate; files: decimate", gt=0, le=1000)]
         | None
@@ -113,33 +109,11 @@ class MicConfig(_Sensor):
         Annotated[Source, _opt("PortAudio device name or index (pulse, 2), audio file, synthetic")]
         | None
     ) = None
-    endpoint: (
-        Annotated[
-            str,
-            _opt(
-                "an outside publisher to subscribe to, not started (tcp:// or ipc://)",
-                pattern=r"^(tcp|ipc)://.+",
-            ),
-        ]
-        | None
-    ) = None
+    endpoint: Endpoint | None = None
     topic: Annotated[str, _opt("its topic (default audio/<name>)", pattern=TOPIC)] | None = None
-    server_key: (
-        Annotated[str, _opt("its CURVE public key file (a tcp:// publisher)", min_length=1)] | None
-    ) = None
-    clock: (
-        Annotated[
-            Literal["local", "wall"],
-            _opt("local: t_capture is this box's clock; wall: map t_wall (beyond loopback)"),
-        ]
-        | None
-    ) = None
-    clock_error_ms: (
-        Annotated[
-            float, _opt("a known bound on its clock's error (else what it says)", ge=0, le=60_000)
-        ]
-        | None
-    ) = None
+    server_key: ServerKey | None = None
+    clock: Clock | None = None
+    clock_error_ms: ClockError | None = None
     rate: Annotated[int, _opt("sample rate, Hz", ge=1000, le=384_000)] = 16_000
     window_ms: Annotated[float, _opt("the model's window", ge=10.0, le=10_000.0)] = 1000.0
     hop_ms: Annotated[
