@@ -91,3 +91,36 @@ def test_a_subscriber_whose_key_is_not_authorized_is_refused_and_counted(keys: P
 )  # fmt: skip
 def test_which_endpoints_leave_the_box(endpoint: str, off_box: bool) -> None:
     assert leaves_box(endpoint) is off_box
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["capture", "camera", "--source", "synthetic", "--topic", "video/x", "--endpoint",
+          "tcp://127.0.0.1:0", "--key", "/nonexistent.key_secret"], "--key"),
+        (["subscribe", "--endpoint", "tcp://127.0.0.1:1", "--server-key", "/etc/hostname"],
+         "--server-key"),
+        (["keys", "generate", "/proc/no/such", "front"], "DIRECTORY"),
+        (["keys", "generate", "/tmp", "../escape"], "NAME"),
+    ],
+)  # fmt: skip
+def test_bad_keys_and_key_paths_are_one_line(args: list[str], needle: str) -> None:
+    res = run_cli(*args, timeout=30)
+    assert res.returncode == 2
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {needle}"), res.stderr
+
+
+def test_a_config_whose_key_file_is_garbage_is_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bad.key").write_text("not a certificate\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "cameras: [{name: front, endpoint: 'tcp://10.231.9.9:5555', "
+        f"server_key: '{tmp_path / 'bad.key'}'}}]\n"
+    )
+    res = run_cli("run", "--config", str(config), timeout=30)
+    assert res.returncode == 2
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and "bad.key" in lines[0] and lines[0].startswith("error: "), lines
