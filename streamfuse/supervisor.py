@@ -208,8 +208,6 @@ class Supervisor:
         }
         """Per sensor: the engine's received count and when it last grew (liveness of an
         external source, which need not heartbeat)."""
-        self.wrong_kind = 0
-        """Messages whose kind did not match their topic (counted, ignored)."""
         self.ended = "not started"
         """Why :meth:`run` returned: ``eof``, ``stopped`` (a signal or the caller) or ``failed``."""
         self.started_at = time.monotonic()
@@ -369,9 +367,6 @@ class Supervisor:
         return [*(self.cfg.camera_topic(c) for c in self.cfg.cameras), self.cfg.mic_topic]
 
     def _observe(self, topic: str, header: Any) -> bool:
-        if isinstance(header, Heartbeat) != topic.startswith("heartbeat/"):
-            self.wrong_kind += 1  # a result on a heartbeat topic, or the other way round
-            return False
         if isinstance(header, Classification):
             self.result_counts[header.stream] = self.result_counts.get(header.stream, 0) + 1
             for stage, ns in header.latency.items():
@@ -513,10 +508,7 @@ class Supervisor:
 
     def rejected(self) -> dict[str, int]:
         """Messages the supervisor refused, by reason (``foreign_topic``: forged)."""
-        out = dict(self.monitor.rejected) if self.monitor is not None else {}
-        if self.wrong_kind:
-            out["wrong_kind"] = self.wrong_kind
-        return out
+        return dict(self.monitor.rejected) if self.monitor is not None else {}
 
     def healthy(self) -> bool:
         seen = self.hb_seen_at.get(RESULT_PREFIX)
