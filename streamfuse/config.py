@@ -342,12 +342,14 @@ class RunConfig(_Section):
 
 def _check_endpoint(field: str, endpoint: str) -> None:
     """A tcp:// endpoint names a port 1-65535 (or ``*``); an ipc:// path fits a socket path."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme == "tcp":
-        host, sep, port = rest.rpartition(":")
-        if not sep or not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+    from .security import tcp_address
+
+    address = tcp_address(endpoint)
+    if address is not None:
+        host, port = address
+        if not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
             raise ConfigError(field, f"{endpoint!r}: use tcp://HOST:PORT with PORT 1-65535")
-    elif len(rest.encode()) > 107:
+    elif len(endpoint.partition("://")[2].encode()) > 107:
         raise ConfigError(field, f"{endpoint!r}: an ipc path is at most 107 bytes")
 
 

@@ -227,13 +227,13 @@ def _check_free(endpoint: str, field: str) -> None:
     import socket
 
     from .errors import ConfigError
+    from .security import tcp_address
 
-    if not endpoint.startswith("tcp://"):
+    address = tcp_address(endpoint)
+    if address is None or address[1] == "*":
         return
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    if port == "*":
-        return
-    host = "0.0.0.0" if host == "*" else host.strip("[]")
+    host = "0.0.0.0" if address[0] == "*" else address[0]
+    port = address[1]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds

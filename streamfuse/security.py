@@ -35,6 +35,7 @@ __all__ = [
     "leaves_box",
     "load_public",
     "load_secret",
+    "tcp_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,21 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = "streamfuse"
 
 
+def tcp_address(endpoint: str) -> tuple[str, str] | None:
+    """(host, port) of a ``tcp://HOST:PORT`` endpoint, IPv6 brackets taken off; None for
+    another scheme. Either may be empty where the endpoint is malformed."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    return host.strip("[]"), port
+
+
 def leaves_box(endpoint: str) -> bool:
     """Whether a tcp:// endpoint binds or connects beyond loopback (ipc:// never does)."""
-    if not endpoint.startswith("tcp://"):
+    address = tcp_address(endpoint)
+    if address is None:
         return False
-    host = endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+    host = address[0]
     if host in ("localhost", "ip6-localhost"):
         return False
     try:
