@@ -41,6 +41,7 @@ from streamfuse.record import read_recording
 from streamfuse.transport import Publisher, Subscriber
 
 sys.path.insert(0, str(Path(__file__).parent))
+from engine import free_port, healthz
 from model import cpu_name
 from transport import write_section
 
@@ -123,21 +124,6 @@ def wait_drained(output: str, timeout: float = 600) -> float:
 
 def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
-
-
-def healthz(port: int) -> dict[str, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -22,11 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import free_port
+from engine import free_port, healthz
 from model import cpu_name
 from transport import write_section
 
@@ -34,16 +33,11 @@ from streamfuse import Client
 from streamfuse.transport import Subscriber
 
 
-def health(port: int) -> dict:  # type: ignore[type-arg]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
-
-
 def wait_ok(port: int) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if (h := health(port))["status"] == "ok":
+            if (h := healthz(port))["status"] == "ok":
                 return h
         except OSError:
             pass

@@ -336,7 +336,7 @@ def decode(
 
 def _check_window(header: AudioWindow, payload: memoryview | None, topic: bytes) -> None:
     """A window's meaning, not just its types: bounded duration, finite float samples."""
-    duration = header.n_samples * 1_000_000_000 // header.sample_rate
+    duration = header.t_end - header.t_capture
     if duration > MAX_WINDOW_NS:
         raise DecodeError(
             "invalid", f"audio window of {duration / 1e9:.1f} s (at most 10 s)", topic=topic
