@@ -175,6 +175,13 @@ class EngineConfig(_Section):
         Annotated[int, _opt("CPU threads for the runtime (null: its own choice)", ge=1, le=1024)]
         | None
     ) = None
+    standby: Annotated[
+        bool,
+        _opt(
+            "keep a second engine loaded and in sync that takes over at once if the first dies"
+            " (costs its memory; false: a restart loads the model again, ~1 s)"
+        ),
+    ] = True
 
 
 class HttpConfig(_Section):

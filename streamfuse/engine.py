@@ -13,11 +13,12 @@ cameras alone, once per hop, with the audio blanked and the result marked degrad
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ from .preprocess import Preprocessor
 from .sync import Bundle, Synchronizer
 from .transport import Publisher, Sources, heartbeat_topic
 
-__all__ = ["RESULT_PREFIX", "Engine", "EngineStats"]
+__all__ = ["RESULT_PREFIX", "Engine", "EngineStats", "Standby"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,51 @@ HELD_FRAMES = 48
 ring has 64 slots, so it never has to reuse a held one while the engine keeps up)."""
 RESULT_PREFIX = "result/"
 TICK_S = 0.005
+RELAY_HWM = 10_000
+STANDBY_TICK_S = 0.05
+HANDOVER_MAX = 64
+HANDOVER_BYTES = 64 << 20
+"""What a standby keeps for the takeover: the samples of the last hang_timeout_s + 2 s
+(at most 12 s), at most this many and their frames' copies within this many bytes."""
+"""A standby's loop wakes this often with nothing arriving (it has no deadline to meet)."""
+
+
+class Standby:
+    """A standby engine's word from the supervisor, one line on a pipe (its stdin):
+    ``go {"after": T0, "seq": {"front": N}}`` — take over; the engine before classified the
+    windows up to the one that started at T0 (capture time, ns) and published result seq N
+    last. End of file (the supervisor is gone) sets ``stop``."""
+
+    def __init__(self, fd: int, stop: threading.Event) -> None:
+        self.go = threading.Event()
+        self.after = -1
+        self.seq: dict[str, int] = {}
+        self._fd = fd
+        self._stop = stop
+        threading.Thread(target=self._read, name="standby", daemon=True).start()
+
+    def _read(self) -> None:
+        # os.read, not a buffered file: a daemon thread blocked in a BufferedReader holds
+        # its lock, and the interpreter aborts on it at exit.
+        line = b""
+        while chunk := os.read(self._fd, 4096):
+            line += chunk
+            if b"\n" not in line:
+                continue
+            word, _, rest = line.partition(b"\n")[0].strip().partition(b" ")
+            line = b""
+            if word != b"go":
+                log.warning("standby: ignored %r on its pipe", word[:80])
+                continue
+            try:
+                handover = json.loads(rest or b"{}")
+                self.after = int(handover.get("after", -1))
+                self.seq = {f"video/{k}": int(v) for k, v in handover.get("seq", {}).items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("standby: handover %r not understood (%s); taking over", rest, exc)
+            self.go.set()
+            return
+        self._stop.set()  # the pipe closed before any word: the supervisor is gone
 
 
 @dataclass
@@ -114,16 +160,33 @@ class Engine:
 
     # --- the loop ----------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, until_eof: bool = False) -> str:
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        until_eof: bool = False,
+        relay: str | None = None,
+        standby: Standby | None = None,
+    ) -> str:
         """Serve until ``stop`` is set or (``until_eof``) every file source has ended.
-        Returns why it ended: ``stopped`` or ``eof``."""
+        Returns why it ended: ``stopped`` or ``eof``.
+
+        ``relay``: publish into the supervisor's :class:`~streamfuse.transport.Relay` (which
+        holds ``engine.output``) instead of binding ``engine.output``. ``standby``: first
+        follow the sensors without classifying until told to take over (:class:`Standby`),
+        then classify the windows the engine before it did not get to and go on."""
         cfg = self.cfg
         # Each sensor's endpoint speaks for its own data and heartbeat topics, nothing else.
         owners: dict[str, list[str]] = {}
         for topic in (*self.cameras, self.mic):
             ep = cfg.source_endpoint(topic)  # its own, or ipc://<run_dir>/<topic> if started
             owners.setdefault(ep, []).extend([topic, heartbeat_topic(topic)])
-        pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())
+        if relay is not None:
+            # (the relay drains at once; engine.sndhwm applies to each subscriber past it)
+            pub = Publisher(relay, sndhwm=RELAY_HWM, connect=True)
+            pub.wait_for_subscriber(1.0)  # the supervisor's: the first heartbeat reaches it
+        else:
+            pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())
         self._output = pub
         # Frames stay in their shared-memory slots (views; the latest HELD_FRAMES of each
         # camera held there) until a window wants one: only paired frames are read.
@@ -132,17 +195,25 @@ class Engine:
         )
         self._intact = sub.intact
         hb_topic = heartbeat_topic(RESULT_PREFIX)
-        start = last_hb = time.monotonic_ns()
-        hb_seq = 0
-        published_at_hb = 0
         ended = "stopped"
-        self.begin(start)
-        # Say so at once (not a heartbeat interval later): the supervisor's READY and health,
-        # and how soon a restarted engine counts as back.
-        pub.send(hb_topic, self._heartbeat(sub, hb_seq, start, start, 0.0))
-        hb_seq += 1
-        sources = set(self.cameras) | {self.mic}
         try:
+            backlog = [] if standby is None else self._stand_by(sub, stop, standby)
+            if stop.is_set():
+                return ended
+            start = last_hb = time.monotonic_ns()
+            hb_seq = 0
+            published_at_hb = 0
+            if standby is None:
+                self.begin(start)
+            else:
+                self._seq.update({c: n + 1 for c, n in standby.seq.items()})
+            # Say so at once (not a heartbeat interval later): the supervisor's READY and
+            # health, and how soon a restarted engine counts as back.
+            pub.send(hb_topic, self._heartbeat(sub, hb_seq, start, start, 0.0))
+            hb_seq += 1
+            for msg in self.classify(backlog):
+                pub.send(RESULT_PREFIX + msg.stream, msg)
+            sources = set(self.cameras) | {self.mic}
             while not stop.is_set():
                 env = sub.recv(timeout=TICK_S)
                 now = time.monotonic_ns()
@@ -170,6 +241,44 @@ class Engine:
             pub.close()
             self.backend.close()
         return ended
+
+    def _stand_by(self, sub: Sources, stop: threading.Event, standby: Standby) -> list[_Sample]:
+        """Follow the sensors (the synchronizer kept current, nothing classified) until
+        ``standby`` says take over; return the samples of the windows decided meanwhile
+        that the engine before did not classify (those after ``standby.after``)."""
+        held: deque[tuple[_Sample, int]] = deque()  # and the bytes of its frame's copy
+        copied = 0
+        # long enough for a hung engine to be found out (hang_timeout_s, plus the heartbeat
+        # interval) and killed: its windows are classified after all
+        retain = int((min(self.cfg.hang_timeout_s, 10.0) + 2.0) * 1e9)
+        self.begin(time.monotonic_ns())
+        while not stop.is_set() and not standby.go.is_set():
+            env = sub.recv(timeout=STANDBY_TICK_S)
+            now = time.monotonic_ns()
+            try:
+                samples = self.tick(now) if env is None else self.handle(env, now)
+            except Exception as exc:
+                self._internal_error(env, exc)
+                continue
+            for s in samples:
+                if s.audio is None:  # camera-only (the microphone silent): not handed over
+                    continue
+                size = 0
+                if s.frame is not None and s.frame.payload is not None:
+                    # its own copy: the ring slot may be reused before the takeover
+                    copy = memoryview(bytes(s.frame.payload))
+                    if self._intact(s.frame):
+                        s.frame, size = Envelope(s.frame.topic, s.frame.header, copy), copy.nbytes
+                held.append((s, size))
+                copied += size
+            while held and (
+                len(held) > HANDOVER_MAX
+                or copied > HANDOVER_BYTES
+                or now - held[0][0].decided > retain
+            ):
+                copied -= held.popleft()[1]
+        self.stats.published = 0  # what a standby counts is what it has published
+        return [s for s, _ in held if s.audio.header.t_capture > standby.after]  # type: ignore[union-attr]
 
     # --- one step of the loop (also driven by lockstep replay on a virtual clock) --------
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
@@ -46,7 +46,7 @@ from . import messages
 from .errors import SourceError
 from .messages import AudioWindow, Classification, Envelope, VideoFrame
 from .security import CurveClient
-from .transport import Sources, Subscriber
+from .transport import MAX_TOPICS, Sources, Subscriber
 
 __all__ = [
     "ENCODING",
@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BACKLOG = 256 << 20
+"""Bytes a recorder holds for a disk that is behind, at most (``record --max-backlog-mib``)."""
 
 ENCODING = "streamfuse-zmq-v1"
 #: the schema of a wire channel: the JSON Schema of its MessagePack header
@@ -269,6 +272,10 @@ class RecordSummary:
     """Per topic: messages missing from the sequence (lost before reaching the recorder)."""
     rejected: dict[str, int]
     bytes: int
+    overflow: dict[str, int] = field(default_factory=dict)
+    """Per topic: messages dropped because the backlog waiting for the disk was full."""
+    backlog_peak_bytes: int = 0
+    """The most that ever waited for the disk."""
 
 
 def record(
@@ -281,15 +288,18 @@ def record(
     compression: Literal["lz4", "zstd", "none"] = "lz4",
     foxglove: bool = True,
     curve: dict[str, CurveClient] | None = None,
+    max_backlog: int = DEFAULT_BACKLOG,
 ) -> RecordSummary:
     """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``
     (``curve``: the CurveClient for each endpoint that needs one).
 
     One thread receives (and so takes frames out of their shared-memory slots, which a live
-    publisher reuses) as they arrive and queues them; this one writes. The queues are
-    unbounded (RCVHWM 0 and the hand-over): a slow disk makes the recorder's memory grow,
-    never a frame go missing for it; anything lost upstream shows as sequence gaps in the
-    summary, per topic. Invalid messages are counted by reason and not recorded."""
+    publisher reuses) as they arrive and queues them; this one writes. A disk slower than
+    what arrives makes the queue grow up to ``max_backlog`` bytes (rosbag2's cache size);
+    past it, arriving messages are dropped, counted per topic in ``overflow`` and warned
+    about once a second, so that a flood never takes the box's memory. Anything lost
+    upstream shows as sequence gaps in ``lost``. Invalid messages are counted by reason and
+    not recorded."""
     start = time.monotonic()
     sub: Subscriber | Sources
     if curve:  # one CURVE server key per socket: a subscriber per endpoint
@@ -297,9 +307,14 @@ def record(
         sub = Sources(owners, rcvhwm=0, curve=curve, exact=False)
     else:
         sub = Subscriber(endpoints, topics or [""], rcvhwm=0)
-    received: queue.SimpleQueue[tuple[Envelope, list[Any], int] | None] = queue.SimpleQueue()
-
+    received: queue.SimpleQueue[tuple[Envelope, list[Any], int, int] | None] = queue.SimpleQueue()
     writer_done = threading.Event()
+    backlog = _Backlog(max_backlog)
+
+    def take(env: Envelope, parts: list[Any]) -> None:
+        size = sum(memoryview(p).nbytes for p in parts)
+        if backlog.admit(env.topic, size):
+            received.put((env, parts, time.time_ns(), size))
 
     def receive() -> None:  # owns the socket until it ends
         try:
@@ -307,9 +322,9 @@ def record(
                 duration is None or time.monotonic() - start < duration
             ):
                 if (got := sub.recv_raw(timeout=0.1)) is not None:
-                    received.put((*got, time.time_ns()))
+                    take(*got)
             while (got := sub.recv_raw(timeout=0)) is not None:  # what is queued goes in too
-                received.put((*got, time.time_ns()))
+                take(*got)
         finally:
             received.put(None)
 
@@ -319,7 +334,7 @@ def record(
     receiver.start()
     try:
         while (item := received.get()) is not None:
-            env, parts, log_time = item
+            env, parts, log_time, size = item
             try:
                 rec.write(env.topic.decode(), parts[1:], env.header, log_time)
             except OSError:
@@ -328,6 +343,8 @@ def record(
                 internal_errors += 1
                 if internal_errors == 1:
                     log.exception("internal error writing %s (counted, skipped)", env.topic)
+            finally:
+                backlog.written(size)
     finally:
         writer_done.set()  # after a failed write, the receiver stops too
         receiver.join()
@@ -344,7 +361,45 @@ def record(
         lost=lost,
         rejected=rejected,
         bytes=Path(out).stat().st_size,
+        overflow={t.decode(errors="replace"): n for t, n in backlog.dropped.items()},
+        backlog_peak_bytes=backlog.peak,
     )
+
+
+class _Backlog:
+    """Bytes received and not yet written, bounded; what does not fit is counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = self.peak = 0
+        self.dropped: Counter[bytes] = Counter()
+        self._lock = threading.Lock()
+        self._warned = 0.0
+
+    def admit(self, topic: bytes, size: int) -> bool:
+        with self._lock:
+            if self.queued + size > self.limit and self.queued > 0:
+                if len(self.dropped) < MAX_TOPICS or topic in self.dropped:
+                    self.dropped[topic] += 1
+                else:
+                    self.dropped[b"(other topics)"] += 1
+                now = time.monotonic()
+                if now - self._warned >= 1.0:
+                    self._warned = now
+                    log.warning(
+                        "record: the disk is behind by %d MiB (the limit): dropping %s, %d so far",
+                        self.queued >> 20,
+                        topic.decode(errors="replace"),
+                        sum(self.dropped.values()),
+                    )
+                return False
+            self.queued += size
+            self.peak = max(self.peak, self.queued)
+            return True
+
+    def written(self, size: int) -> None:
+        with self._lock:
+            self.queued -= size
 
 
 # --- reading --------------------------------------------------------------------------

@@ -32,6 +32,13 @@ from .errors import ConfigError
     default=None,
     help="A daemon config: connect to its endpoints with the CURVE keys it names.",
 )
+@click.option(
+    "--max-backlog-mib",
+    type=click.IntRange(1, 1 << 20),
+    default=256,
+    show_default=True,
+    help="Hold at most this much for a disk that is behind; past it, drop (counted).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def record(
     endpoints: tuple[str, ...],
@@ -41,9 +48,11 @@ def record(
     compression: str,
     no_foxglove: bool,
     config_path: str | None,
+    max_backlog_mib: int,
     as_json: bool,
 ) -> None:
-    """Record every message on the endpoints into MCAP, losslessly; Ctrl-C to stop."""
+    """Record every message on the endpoints into MCAP; Ctrl-C to stop. Nothing is dropped
+    unless the disk falls behind by --max-backlog-mib (then counted, as OVERFLOW)."""
     from .cli import install_stop_handlers
     from .record import record as do_record
 
@@ -62,15 +71,21 @@ def record(
         compression=compression,  # type: ignore[arg-type]
         foxglove=not no_foxglove,
         curve=curve,
+        max_backlog=max_backlog_mib << 20,
     )
     if as_json:
         click.echo(json.dumps(asdict(summary)))
         return
     total = sum(summary.written.values())
     click.echo(f"{out}: {total} messages, {summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
-    for topic, n in sorted(summary.written.items()):
-        lost = summary.lost.get(topic, 0)
-        click.echo(f"  {topic:<28} {n:>7}" + (f"  LOST {lost}" if lost else ""))
+    for topic in sorted({*summary.written, *summary.overflow}):
+        n = summary.written.get(topic, 0)
+        lost, over = summary.lost.get(topic, 0), summary.overflow.get(topic, 0)
+        click.echo(
+            f"  {topic:<28} {n:>7}"
+            + (f"  LOST {lost}" if lost else "")
+            + (f"  OVERFLOW {over}" if over else "")
+        )
     if summary.rejected:
         click.echo(f"  rejected (not recorded): {summary.rejected}")
 

@@ -134,15 +134,18 @@ def run(
 @click.command(hidden=True)
 @click.option("--config", "config_path", required=True)
 @click.option("--until-eof", is_flag=True)
-def engine(config_path: str, until_eof: bool) -> None:
+@click.option("--relay", default=None, help="Publish into this relay, not engine.output.")
+@click.option("--standby", is_flag=True, help="Follow the sensors until stdin says `go`.")
+def engine(config_path: str, until_eof: bool, relay: str | None, standby: bool) -> None:
     """The inference process (started by `streamfuse run`)."""
     from .cli import install_stop_handlers
-    from .engine import Engine
+    from .engine import Engine, Standby
 
     cfg = load_config(config_path)
     stop = install_stop_handlers()
     eng = Engine(cfg)
-    ended = eng.run(stop, until_eof=until_eof)
+    waiting = Standby(sys.stdin.fileno(), stop) if standby else None
+    ended = eng.run(stop, until_eof=until_eof, relay=relay, standby=waiting)
     log.info("engine %s after %d classifications", ended, eng.stats.published)
 
 

@@ -7,6 +7,12 @@
   part of its file. A child
   whose heartbeats stop for ``hang_timeout_s`` (hung, not crashed) is killed and restarted
   the same way.
+- ``engine.output`` is bound by the supervisor (a :class:`~streamfuse.transport.Relay`):
+  engines publish into it, so subscribers never lose their connection. With
+  ``engine.standby`` a second engine, its model loaded, follows the sensors without
+  classifying; when the engine exits (or is killed as hung) the standby takes over at once,
+  classifies the windows the dead one had not, and goes on with its result sequence; a new
+  standby starts after the restart delay.
 - SIGTERM/SIGINT stop the sensors first, then the engine; a child that has not exited after
   5 s is killed. Children get PR_SET_PDEATHSIG, so even a killed supervisor leaves none.
 - File sources of one session share a start epoch, so a video and a wav of the same
@@ -39,7 +45,7 @@ from .engine import RESULT_PREFIX
 from .errors import ConfigError, EndpointError
 from .messages import Classification, Heartbeat
 from .rundir import RunDir
-from .transport import Sources, heartbeat_topic
+from .transport import Relay, Sources, heartbeat_topic
 
 __all__ = ["Supervisor", "sd_notify"]
 
@@ -220,6 +226,12 @@ class Supervisor:
             raise
         self.config_file = self.run_dir.path / "config.json"
         self.config_file.write_bytes(dump_config(cfg))
+        self.inner = f"ipc://{self.run_dir.path}/results"
+        """Where engines publish; the relay in front of it holds ``engine.output``."""
+        self.relay: Relay | None = None
+        self.handover: dict[str, Any] = {"after": -1, "seq": {}}
+        """The newest window (its capture time) the engine classified and its last result
+        seq per camera: what a standby taking over goes on from."""
         self.children = self._plan()
         self.metrics = _Metrics(self)
         self.http_port: int | None = None
@@ -230,10 +242,12 @@ class Supervisor:
         cfg = self.cfg
         py = [sys.executable, "-m", "streamfuse"]
         common = ["--epoch-ns", str(self.epoch_ns), "--wait-for-subscriber", "15"]
-        engine = [*py, "engine", "--config", str(self.config_file)]
+        engine = [*py, "engine", "--config", str(self.config_file), "--relay", self.inner]
         if self.until_eof:
             engine.append("--until-eof")
         children = [Child("engine", engine, sensor=False, heartbeat=RESULT_PREFIX)]
+        if cfg.engine.standby and not self.until_eof:
+            children.append(Child("standby", [*engine, "--standby"], sensor=False))
         if self.record:
             argv = [*py, "record", "--out", self.record, "--config", str(self.config_file)]
             for ep in (cfg.engine.output, *(cfg.source_endpoint(t) for t in self._sensor_topics())):
@@ -272,6 +286,7 @@ class Supervisor:
             self.record_parts.append(argv[argv.index("--out") + 1])
         child.proc = subprocess.Popen(
             argv,
+            stdin=subprocess.PIPE if child.name == "standby" else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=None,
             preexec_fn=_die_with_parent,
@@ -297,6 +312,11 @@ class Supervisor:
         self.started_at = time.monotonic()
         if cfg.http.port:
             self._serve_http()
+        # engine.output is bound here, not by the engine: subscribers stay connected while
+        # an engine restarts or its standby takes over.
+        self.relay = Relay(
+            self.inner, cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server()
+        )
         # Trust by origin: the engine's endpoint speaks for its heartbeat and its results,
         # a sensor's for its own heartbeat; anything else is rejected, counted, and ignored.
         results = [RESULT_PREFIX + c.name for c in cfg.cameras]
@@ -332,6 +352,7 @@ class Supervisor:
                 if isinstance(env.header, Heartbeat):
                     self._observe(env.topic.decode(), env.header)
             monitor.close()
+            self.relay.close()
         return status
 
     def summary(self) -> dict[str, Any]:
@@ -369,6 +390,10 @@ class Supervisor:
     def _observe(self, topic: str, header: Any) -> bool:
         if isinstance(header, Classification):
             self.result_counts[header.stream] = self.result_counts.get(header.stream, 0) + 1
+            self.handover["seq"][header.stream] = header.seq
+            for ref in header.inputs:
+                if ref.stream == self.cfg.mic_topic and ref.t0 > self.handover["after"]:
+                    self.handover["after"] = ref.t0
             for stage, ns in header.latency.items():
                 self.metrics.latency.labels(stage).observe(ns / 1e9)
             if self.on_result is not None:
@@ -431,6 +456,8 @@ class Supervisor:
                 log.error("%s exited with status %d; not restarted", child.name, rc)
                 child.done = True
                 continue
+            if child is self.children[0] and self._take_over(child, rc, now):
+                continue
             if self.until_eof:
                 self.failure = f"{child.name} exited with status {rc} during an --until-eof run"
                 log.error("%s", self.failure)
@@ -441,6 +468,31 @@ class Supervisor:
             log.warning(
                 "%s exited with status %d; restarting in %.1f s", child.name, rc, child.backoff
             )
+        return True
+
+    def _take_over(self, engine: Child, rc: int, now: float) -> bool:
+        """The engine has exited: hand over to the standby if one is running (it was
+        following the sensors, its model loaded); False when there is none."""
+        standby = next((c for c in self.children if c.name == "standby"), None)
+        if standby is None or standby.proc is None or standby.proc.poll() is not None:
+            return False
+        # Its last results may still be on their way here (the engine is gone: all that
+        # comes now is queued or in flight): the standby goes on from after them.
+        while self.monitor is not None and (env := self.monitor.recv(timeout=0.02)) is not None:
+            self._observe(env.topic.decode(), env.header)
+        try:
+            assert standby.proc.stdin is not None
+            standby.proc.stdin.write(b"go " + json.dumps(self.handover).encode() + b"\n")
+            standby.proc.stdin.flush()
+        except (OSError, ValueError):
+            return False  # it died this instant: a plain restart
+        engine.proc, engine.last_pid, engine.started_at = standby.proc, standby.proc.pid, now
+        engine.restarts += 1
+        standby.proc = None
+        standby.restart_at = now + self.cfg.restart_backoff_s[0]  # a new one, once this is up
+        log.warning(
+            "engine exited with status %d; the standby (pid %d) took over", rc, engine.last_pid
+        )
         return True
 
     def _drain_until_final(self, child: Child, limit_s: float = 0.25) -> None:

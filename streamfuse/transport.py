@@ -31,7 +31,7 @@ from .shm import TAG as SHM_TAG
 from .shm import Ring, ShmReader
 from .shm import wanted as shm_wanted
 
-__all__ = ["Publisher", "StreamStats", "Subscriber", "heartbeat_topic"]
+__all__ = ["Publisher", "Relay", "Sources", "StreamStats", "Subscriber", "heartbeat_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         raise EndpointError(endpoint, "bind", exc.strerror) from None
 
 
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise EndpointError(endpoint, "connect to", exc.strerror) from None
+
+
 class Publisher:
     """Publishes messages on one bound endpoint.
 
@@ -105,8 +113,11 @@ class Publisher:
         shm: bool | None = None,
         shm_slots: int | None = None,
         curve: CurveServer | None = None,
+        connect: bool = False,
         context: zmq.Context | None = None,
     ) -> None:
+        """``connect``: connect to ``endpoint`` instead of binding it (a :class:`Relay`'s
+        inner side, which stays bound while the processes publishing into it come and go)."""
         self.endpoint = endpoint
         self._lossless = lossless
         self._shm = shm_wanted(endpoint, shm)
@@ -126,7 +137,7 @@ class Publisher:
             # benchmarks, where every message must arrive and the slowest reader sets the pace.
             self._sock.setsockopt(zmq.XPUB_NODROP, 1)
         try:
-            _bind(self._sock, endpoint)
+            _connect(self._sock, endpoint) if connect else _bind(self._sock, endpoint)
         except EndpointError:
             if self._gate is not None:
                 self._gate.stop()
@@ -134,8 +145,9 @@ class Publisher:
                 self._ctx.term()
             raise
         # tcp://127.0.0.1:0 picks a free port; report the one it got.
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
-        self._ipc_file = _socket_file(self.endpoint)
+        if not connect:
+            self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
+        self._ipc_file = None if connect else _socket_file(self.endpoint)
         self._subscriptions: Counter[bytes] = Counter()
 
     def send(self, topic: str | bytes, header: Message, payload: object | None = None) -> None:
@@ -247,6 +259,78 @@ class Publisher:
         self._rings.clear()
 
     def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Relay:
+    """A steady endpoint in front of publishers that may be replaced.
+
+    Binds ``outer`` (an XPUB where subscribers connect; CURVE-served and HWM-bounded per
+    subscriber like a :class:`Publisher`'s) and ``inner`` (an XSUB where publishers connect
+    with ``Publisher(inner, connect=True)``), and forwards between them in libzmq's own proxy
+    (``zmq_proxy_steerable``, a thread that never holds the GIL): messages one way,
+    subscriptions the other. The supervisor binds ``engine.output`` this way, so an engine
+    that restarts or hands over to its standby never drops a subscriber's connection.
+    """
+
+    def __init__(
+        self, inner: str, outer: str, *, sndhwm: int = 100, curve: CurveServer | None = None
+    ) -> None:
+        import threading
+
+        self._ctx = ctx = zmq.Context()
+        self._gate = Gate(ctx, curve) if curve is not None else None
+        sockets: list[zmq.Socket] = []
+        try:
+            back = ctx.socket(zmq.XPUB)
+            sockets.append(back)
+            if curve is not None:
+                serve_curve(back, curve)
+            back.setsockopt(zmq.SNDHWM, sndhwm)
+            back.setsockopt(zmq.LINGER, 200)
+            _bind(back, outer)
+            front = ctx.socket(zmq.XSUB)
+            sockets.append(front)
+            front.setsockopt(zmq.RCVHWM, 100_000)
+            front.setsockopt(zmq.LINGER, 0)
+            _bind(front, inner)
+        except EndpointError:
+            for sock in sockets:
+                sock.close(linger=0)
+            self._stop_ctx()
+            raise
+        self.outer = back.getsockopt_string(zmq.LAST_ENDPOINT) or outer
+        self.inner = inner
+        self._files = [f for f in (_socket_file(self.outer), _socket_file(inner)) if f]
+        control = ctx.socket(zmq.PAIR)
+        self._control = ctx.socket(zmq.PAIR)
+        control.bind(f"inproc://relay-{id(self)}")
+        self._control.connect(f"inproc://relay-{id(self)}")
+        self._sockets = [front, back, control]
+        self._thread = threading.Thread(
+            target=zmq.proxy_steerable, args=(front, back, None, control), name="relay", daemon=True
+        )
+        self._thread.start()
+
+    def _stop_ctx(self) -> None:
+        if self._gate is not None:
+            self._gate.stop()
+        self._ctx.term()
+
+    def close(self) -> None:
+        self._control.send(b"TERMINATE")
+        self._thread.join(5)
+        self._control.close(linger=0)
+        for sock in self._sockets:
+            sock.close()
+        self._stop_ctx()
+        for f in self._files:
+            _unlink_socket(*f)
+
+    def __enter__(self) -> Relay:
         return self
 
     def __exit__(self, *exc: object) -> None:

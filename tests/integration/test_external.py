@@ -56,7 +56,7 @@ def test_a_camera_in_c_on_tcp_feeds_the_daemon_and_comes_back(
     sup = children.streamfuse("run", "--config", str(path))
     port = cfg["http"]["port"]
     health = wait_healthy(port)
-    assert set(health["children"]) == {"engine", "mic mic0"}  # the camera is not ours
+    assert set(health["children"]) == {"engine", "standby", "mic mic0"}  # the camera: not ours
     with Client(cfg["engine"]["output"]) as client:
         live = _results(client, 4)[-2:]  # the first may predate the camera's connection
         assert len(live) == 2 and not any(r.degraded for r in live), live

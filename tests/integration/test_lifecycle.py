@@ -57,7 +57,7 @@ def test_run_prints_a_summary_and_leaves_nothing_behind(
     pids = _child_pids(cfg["http"]["port"])
     (run_dir,) = tmp.glob("streamfuse-*")
     sockets = {p.name for p in run_dir.iterdir() if p.is_socket()}
-    assert sockets == {"video-front", "audio-mic0"}
+    assert sockets == {"video-front", "audio-mic0", "results"}  # results: the engines publish there
     assert _segments_of(pids), "the camera's frames should be in shared memory"
     time.sleep(1.5)  # let a few windows be classified, so the counts are not all zero
     sup.send_signal(signum)
@@ -88,7 +88,7 @@ def test_run_json_summary_is_one_object(tmp_path: Path, children: Children) -> N
     assert set(summary["streams"]) == {"video/front", "audio/mic0"}
     results = [json.loads(line) for line in out.splitlines()]
     assert summary["results"]["published"] >= len(results) > 0
-    assert summary["restarts"] == {"engine": 0, "camera front": 0, "mic mic0": 0}
+    assert summary["restarts"] == {"engine": 0, "standby": 0, "camera front": 0, "mic mic0": 0}
     assert not any(Path(cfg["run_dir"]).iterdir()), "a named run_dir is kept, emptied"
 
 

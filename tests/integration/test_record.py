@@ -157,6 +157,58 @@ def test_a_slow_disk_costs_the_recorder_memory_not_frames(
     )
 
 
+def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backlog for a slow disk is bounded (``max_backlog``): past it, what arrives is
+    dropped and counted per topic, never the box's memory taken; what was queued is all
+    written, in order, and written + overflow accounts for every frame sent."""
+    import numpy as np
+
+    from streamfuse import record as rec_mod
+    from streamfuse.messages import VideoFrame
+    from streamfuse.transport import Publisher
+
+    real_write = rec_mod.Recorder.write
+
+    def stalled_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)  # 20 frames/s, a fifth of what arrives
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(rec_mod.Recorder, "write", stalled_write)
+    endpoint = f"ipc://{tmp_path}/cam"
+    out = tmp_path / "slow.mcap"
+    stop = threading.Event()
+    limit = 5 * 240 * 320 * 3  # five frames
+    summary: list[Any] = []
+    rec = threading.Thread(
+        target=lambda: summary.append(
+            rec_mod.record(
+                [endpoint], ["video/"], out, stop, compression="none", max_backlog=limit
+            )
+        )
+    )
+    rng = np.random.default_rng(0)
+    with Publisher(endpoint, shm_slots=8) as pub:
+        rec.start()
+        assert pub.wait_for_subscriber(10, b"video/front")
+        for i in range(60):
+            img = rng.integers(0, 255, (240, 320, 3), np.uint8)
+            pub.send("video/front", VideoFrame(stream="front", seq=i, t_capture=i + 1,
+                                               width=320, height=240), img)  # fmt: skip
+            time.sleep(0.01)
+        time.sleep(0.2)
+        stop.set()
+        rec.join(60)
+    (s,) = summary
+    written, over = s.written.get("video/front", 0), s.overflow.get("video/front", 0)
+    assert over > 0 and written + over == 60, s
+    assert limit // 5 <= s.backlog_peak_bytes <= limit, s
+    assert not s.lost and not s.rejected
+    seqs = [m.envelope().header.seq for m in read_recording(out).messages]
+    assert len(seqs) == written and seqs == sorted(set(seqs)) and seqs[:4] == list(range(4))
+
+
 def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> None:
     """2 cameras 640x480 raw at 30 fps + microphone + the results, recorded for 6 s: every
     sequence number of every topic is in the file."""
