@@ -148,11 +148,23 @@ def main() -> None:
     cam = Publisher(cam_ep, lossless=True, sndhwm=1000)
     mic = Publisher(mic_ep, lossless=True, sndhwm=1000)
     out = tmp / "fuzz.mcap"
+    log = open(tmp / "daemon.log", "w+")  # noqa: SIM115
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "streamfuse", "run", "--config", str(tmp / "c.yaml"),
-         "--record", str(out), "--json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "streamfuse",
+            "run",
+            "--config",
+            str(tmp / "c.yaml"),
+            "--record",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )  # fmt: skip  (a file: a pipe nobody reads until the end fills and stalls the daemon)
     client = Client(output)
     try:
         assert cam.wait_for_subscriber(60, b"video/front"), "the engine did not connect"
@@ -161,7 +173,8 @@ def main() -> None:
         while True:
             try:
                 health = healthz(port)
-                if health["status"] == "ok" and health["children"]["recorder"]["pid"]:
+                ch = health["children"]
+                if health["status"] == "ok" and ch["recorder"]["pid"] and ch["standby"]["pid"]:
                     break
             except OSError:
                 pass
@@ -169,7 +182,7 @@ def main() -> None:
             time.sleep(0.2)
         time.sleep(1.0)  # the recorder and the client connect too
         pids = {"supervisor": daemon.pid} | {
-            n: health["children"][n]["pid"] for n in ("engine", "recorder")
+            n: health["children"][n]["pid"] for n in ("engine", "standby", "recorder")
         }
         seq = clean_session(cam, mic, 0)
         before = [client.recv(timeout=15) for _ in range(3)]
@@ -204,7 +217,9 @@ def main() -> None:
         client.close()
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
-        err = daemon.communicate(timeout=120)[1]
+        daemon.wait(timeout=120)
+        log.seek(0)
+        err = log.read()
         cam.close()
         mic.close()
     recording = read_recording(out)
@@ -237,6 +252,7 @@ def main() -> None:
         and report["recording_readable"]
         and rss1["engine"] - rss0["engine"] < 32
         and rss1["supervisor"] - rss0["supervisor"] < 32
+        and rss1["standby"] - rss0["standby"] < 32
     )
     report["pass"] = ok
     if not ok:

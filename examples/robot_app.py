@@ -1,7 +1,7 @@
 """A robot app: stop when the camera and the microphone agree they see and hear a "0".
 
-    streamfuse run &                # or `streamfuse demo` in another terminal
-    python examples/robot_app.py [--endpoint tcp://127.0.0.1:5560] [--label 0] [--count N]
+streamfuse run &                # or `streamfuse demo` in another terminal
+python examples/robot_app.py [--endpoint tcp://127.0.0.1:5560] [--label 0] [--count N]
 """
 
 from __future__ import annotations

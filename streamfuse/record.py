@@ -9,9 +9,13 @@ Layout of a recording (``docs/recording.md``):
   Schema of the header;
   ``log_time`` = receive time (CLOCK_REALTIME ns), ``publish_time`` = capture time
   (``t_capture``, CLOCK_MONOTONIC ns of the capturing box), ``sequence`` = ``seq`` mod 2**32;
-- for Foxglove, beside them: ``<video topic>/image`` (``foxglove.CompressedImage``, JPEG, at
-  most ``foxglove_fps``), ``<audio topic>/level`` (RMS and peak per window) and
-  ``<result topic>/json`` (the classification as JSON), all JSON with JSON Schemas;
+- for Foxglove, beside them (:mod:`streamfuse.fox`): ``<video topic>/image``
+  (``foxglove.CompressedImage``, JPEG, at most ``foxglove_fps``, stamped with the capture
+  time), ``<audio topic>/audio`` (``foxglove.RawAudio``, pcm-s16, every window's new
+  samples: the Audio panel plays it), ``<result topic>/annotations``
+  (``foxglove.ImageAnnotations``: the label over its frame), all protobuf with the schemas
+  of the official ``foxglove-sdk``; ``<audio topic>/level`` (RMS and peak per window) and
+  ``<result topic>/json`` (the classification), JSON with complete JSON Schemas;
 - metadata ``streamfuse.clock``: CLOCK_REALTIME - CLOCK_MONOTONIC at the start, so replay
   can put receive times on the capture clock.
 
@@ -22,7 +26,6 @@ file and :func:`recover` rewrites it with a proper summary.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import queue
@@ -42,7 +45,7 @@ from mcap.records import Channel, Message, Metadata
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
-from . import messages
+from . import fox, messages
 from .errors import SourceError
 from .messages import AudioWindow, Classification, Envelope, VideoFrame
 from .security import CurveClient
@@ -68,29 +71,16 @@ ENCODING = "streamfuse-zmq-v1"
 SCHEMA_ENCODING = "streamfuse-header-jsonschema"
 _U32 = struct.Struct("<I")
 
-_IMAGE_SCHEMA = {
-    "title": "foxglove.CompressedImage",
-    "type": "object",
-    "properties": {
-        "timestamp": {
-            "type": "object",
-            "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}},
-        },
-        "frame_id": {"type": "string"},
-        "data": {"type": "string", "contentEncoding": "base64"},
-        "format": {"type": "string"},
-    },
-}
 _LEVEL_SCHEMA = {
     "title": "streamfuse.AudioLevel",
     "type": "object",
     "properties": {
-        "rms": {"type": "number"},
-        "peak": {"type": "number"},
-        "t_capture": {"type": "integer"},
+        "rms": {"type": "number", "description": "root mean square of the window, full scale 1"},
+        "peak": {"type": "number", "description": "largest absolute sample, full scale 1"},
+        "t_capture": {"type": "integer", "description": "the window's start (capture clock, ns)"},
     },
+    "required": ["rms", "peak", "t_capture"],
 }
-_JSON_SCHEMA = {"title": "streamfuse.Classification", "type": "object"}
 
 
 def pack_frames(frames: Iterable[bytes | memoryview]) -> bytes:
@@ -132,19 +122,17 @@ class Recorder:
             compression=kind.get(compression, CompressionType.NONE),
         )
         self._w.start(profile="", library="streamfuse")
+        self.clock_offset = clock_offset or time.time_ns() - time.monotonic_ns()
+        """CLOCK_REALTIME - CLOCK_MONOTONIC here (Foxglove's stamps are wall-clock time)."""
         self._w.add_metadata(
-            "streamfuse.clock",
-            {
-                "realtime_minus_monotonic_ns": str(
-                    clock_offset or time.time_ns() - time.monotonic_ns()
-                )
-            },
+            "streamfuse.clock", {"realtime_minus_monotonic_ns": str(self.clock_offset)}
         )
         self._channels: dict[str, int] = {}
         self._schemas: dict[str, int] = {}
         self.foxglove = foxglove
         self._fox_period = int(1e9 / foxglove_fps) if foxglove_fps > 0 else 0
         self._fox_last: dict[str, int] = {}
+        self._audio = fox.AudioBlocks()
         self.written: Counter[str] = Counter()
 
     def _channel(self, topic: str, encoding: str, schema: dict[str, Any] | None) -> int:
@@ -184,22 +172,14 @@ class Recorder:
 
     def _foxglove(self, topic: str, frames: list[Any], header: Any, log_time: int) -> None:
         payload = frames[1] if len(frames) > 1 else None
+        wall = self.clock_offset
         if isinstance(header, VideoFrame) and payload is not None:
             last = self._fox_last.get(topic)
             if last is not None and header.t_capture - last < self._fox_period:
                 return
             self._fox_last[topic] = header.t_capture
-            jpeg = bytes(payload) if header.encoding == "jpeg" else _jpeg(header, payload)
-            if jpeg is None:
-                return
-            sec, nsec = divmod(log_time, 1_000_000_000)
-            doc = {
-                "timestamp": {"sec": sec, "nsec": nsec},
-                "frame_id": header.stream,
-                "data": base64.b64encode(jpeg).decode(),
-                "format": "jpeg",
-            }
-            self._json(f"{topic}/image", _IMAGE_SCHEMA, doc, log_time, header.t_capture)
+            if (image := fox.compressed_image(header, payload, wall)) is not None:
+                self._proto(f"{topic}/image", image, log_time, header.t_capture)
         elif isinstance(header, AudioWindow) and payload is not None:
             env = messages.Envelope(b"", header, memoryview(payload))
             x = messages.audio_array(env).astype(np.float32)
@@ -211,15 +191,31 @@ class Recorder:
                 "t_capture": header.t_capture,
             }
             self._json(f"{topic}/level", _LEVEL_SCHEMA, level, log_time, header.t_capture)
+            if (block := self._audio.block(topic, header, payload, wall)) is not None:
+                self._proto(f"{topic}/audio", block, log_time, header.t_capture)
         elif isinstance(header, Classification):
-            doc = json.loads(msgspec.json.encode(header))
-            self._json(f"{topic}/json", _JSON_SCHEMA, doc, log_time, header.t_capture)
+            doc = fox.classification_doc(header)
+            self._json(f"{topic}/json", fox.CLASSIFICATION_SCHEMA, doc, log_time, header.t_capture)
+            if (notes := fox.label_overlay(header, wall)) is not None:
+                self._proto(f"{topic}/annotations", notes, log_time, header.t_capture)
 
     def _json(
         self, topic: str, schema: dict[str, Any], doc: dict[str, Any], log_time: int, t: int
     ) -> None:
         cid = self._channel(topic, "json", schema)
         self._w.add_message(cid, log_time, json.dumps(doc).encode(), t)
+
+    def _proto(self, topic: str, message: Any, log_time: int, t: int) -> None:
+        """A Foxglove well-known message, protobuf-encoded with the SDK's own schema."""
+        cid = self._channels.get(topic)
+        if cid is None:
+            schema = fox.schema_of(type(message))
+            if schema.name not in self._schemas:
+                sid = self._w.register_schema(schema.name, schema.encoding, bytes(schema.data))
+                self._schemas[schema.name] = sid
+            cid = self._w.register_channel(topic, "protobuf", self._schemas[schema.name])
+            self._channels[topic] = cid
+        self._w.add_message(cid, log_time, message.encode(), t)
 
     def close(self) -> None:
         self._w.finish()
@@ -248,19 +244,6 @@ class _FlushingFile:
 
     def close(self) -> None:
         self._f.close()
-
-
-def _jpeg(header: VideoFrame, payload: Any) -> bytes | None:
-    import cv2
-
-    env = messages.Envelope(b"", header, memoryview(payload))
-    img = messages.image_array(env)
-    if header.pixel_format in ("rgb8", "rgba8"):
-        img = img[:, :, 2::-1]
-    elif header.pixel_format == "bgra8":
-        img = img[:, :, :3]
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img), [cv2.IMWRITE_JPEG_QUALITY, 75])
-    return bytes(buf) if ok else None
 
 
 @dataclass

@@ -478,7 +478,11 @@ class Supervisor:
             return False
         # Its last results may still be on their way here (the engine is gone: all that
         # comes now is queued or in flight): the standby goes on from after them.
-        while self.monitor is not None and (env := self.monitor.recv(timeout=0.02)) is not None:
+        # (Bounded: sensors' heartbeats keep coming, and a flood of them must not hold it.)
+        deadline = time.monotonic() + 0.1
+        while self.monitor is not None and time.monotonic() < deadline:
+            if (env := self.monitor.recv(timeout=0.02)) is None:
+                break
             self._observe(env.topic.decode(), env.header)
         try:
             assert standby.proc.stdin is not None

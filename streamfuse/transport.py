@@ -483,9 +483,11 @@ class Subscriber:
                 got = self._take(frames)
             except Exception as exc:  # the last resort: one message never ends a reader
                 self._internal_error(frames, exc)
-                continue
+                got = None
             if got is not None:
                 return got
+            if deadline is not None and time.monotonic() >= deadline:
+                return None  # a flood of rejects must not hold the caller past its timeout
 
     def _take(self, frames: list[zmq.Frame]) -> tuple[Envelope, list[bytes | memoryview]] | None:
         # Topic and header are small: copy them. The payload stays a view on ZeroMQ's buffer.
@@ -660,6 +662,8 @@ class Sources:
                 if sub.socket in ready and (got := sub.recv_raw(timeout=0)) is not None:
                     self._next = (self._next + k + 1) % n
                     return got
+            if deadline is not None and time.monotonic() >= deadline:
+                return None  # only rejects came: the caller's timeout holds all the same
 
     def intact(self, env: Envelope) -> bool:
         """Whether a payload received as a view still holds what was sent (the check reads

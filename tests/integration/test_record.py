@@ -183,9 +183,7 @@ def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(
     summary: list[Any] = []
     rec = threading.Thread(
         target=lambda: summary.append(
-            rec_mod.record(
-                [endpoint], ["video/"], out, stop, compression="none", max_backlog=limit
-            )
+            rec_mod.record([endpoint], ["video/"], out, stop, compression="none", max_backlog=limit)
         )
     )
     rng = np.random.default_rng(0)

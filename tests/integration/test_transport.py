@@ -83,6 +83,41 @@ def test_garbage_on_the_socket_is_counted_and_the_subscriber_keeps_going(
         raw.close(linger=0)
 
 
+@pytest.mark.parametrize("reader", ["subscriber", "sources"])
+def test_a_flood_of_rejects_does_not_hold_recv_past_its_timeout(
+    reader: str, endpoint: str, zctx: zmq.Context
+) -> None:
+    """A reader whose queue holds more garbage than it can reject within its timeout still
+    returns on time (the engine's loop, its heartbeats and deadlines, depend on it). Found
+    by benchmarks/fuzz.py: on a busy box the engine went 3 s without a heartbeat."""
+    import time
+
+    raw = zctx.socket(zmq.XPUB)
+    raw.setsockopt(zmq.SNDHWM, 0)
+    raw.bind(endpoint)
+    n = 30_000
+    try:
+        sub: Subscriber | Sources
+        if reader == "subscriber":
+            sub = Subscriber(endpoint, rcvhwm=0, context=zctx)
+        else:
+            sub = Sources({endpoint: ["video/front"]}, rcvhwm=0)
+        with sub:
+            raw.recv()  # subscribed
+            for i in range(n):
+                raw.send_multipart([b"video/front", b"\xc1 not msgpack %d" % i])
+            deadline = time.monotonic() + 10
+            while sum(sub.rejected.values()) == 0:  # the flood is arriving
+                assert sub.recv(timeout=0) is None and time.monotonic() < deadline
+            t = time.monotonic()
+            assert sub.recv(timeout=0.01) is None
+            took = time.monotonic() - t
+            assert took < 0.25, took  # rejecting all 30,000 takes ~1 s
+            assert sum(sub.rejected.values()) < n
+    finally:
+        raw.close(linger=0)
+
+
 def test_specific_rejections_are_counted_by_reason(endpoint: str, zctx: zmq.Context) -> None:
     raw = zctx.socket(zmq.XPUB)
     raw.bind(endpoint)
