@@ -106,6 +106,13 @@ def _capture_options(f: F) -> F:
             help="Wait up to this long for a subscriber before publishing.",
         ),
         click.option(
+            "--readers",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help="With --wait-for-subscriber: wait for this many readers of the data.",
+        ),
+        click.option(
             "--max-messages", type=int, default=None, help="Stop after this many messages."
         ),
         click.option(
@@ -160,9 +167,12 @@ def _run_capture_command(
             if isinstance(options, VideoOptions):  # frames go straight into the send slot
                 options.frame_buffer = functools.partial(pub.loan, topic)
             click.echo(f"{kind} {src.description} -> {pub.endpoint} topic {topic}", err=True)
-            # Wait for a reader of the data itself (a monitor of heartbeats does not count).
-            if wait > 0 and not pub.wait_for_subscriber(wait, topic=topic.encode()):
-                log.warning("no subscriber after %.1f s; publishing anyway", wait)
+            # Wait for the readers of the data itself (a monitor of heartbeats does not
+            # count): under `run`, the engine, its standby and the recorder, so that none
+            # misses the first message.
+            readers = common["readers"]
+            if wait > 0 and not pub.wait_for_subscriber(wait, topic=topic.encode(), count=readers):
+                log.warning("not %d reader(s) after %.1f s; publishing anyway", readers, wait)
             summary = run_capture(
                 src,
                 pub,

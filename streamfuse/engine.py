@@ -167,6 +167,7 @@ class Engine:
         until_eof: bool = False,
         relay: str | None = None,
         standby: Standby | None = None,
+        recorder: bool = False,
     ) -> str:
         """Serve until ``stop`` is set or (``until_eof``) every file source has ended.
         Returns why it ended: ``stopped`` or ``eof``.
@@ -174,7 +175,9 @@ class Engine:
         ``relay``: publish into the supervisor's :class:`~streamfuse.transport.Relay` (which
         holds ``engine.output``) instead of binding ``engine.output``. ``standby``: first
         follow the sensors without classifying until told to take over (:class:`Standby`),
-        then classify the windows the engine before it did not get to and go on."""
+        then classify the windows the engine before it did not get to and go on.
+        ``recorder``: send nothing before a recorder (a reader of every topic) subscribed,
+        so that a recording starts with the first heartbeat and result."""
         cfg = self.cfg
         # Each sensor's endpoint speaks for its own data and heartbeat topics, nothing else.
         owners: dict[str, list[str]] = {}
@@ -185,6 +188,8 @@ class Engine:
             # (the relay drains at once; engine.sndhwm applies to each subscriber past it)
             pub = Publisher(relay, sndhwm=RELAY_HWM, connect=True)
             pub.wait_for_subscriber(1.0)  # the supervisor's: the first heartbeat reaches it
+            if recorder and not pub.wait_for_subscriber(15.0, prefix=b""):
+                log.warning("no recorder subscribed after 15 s; publishing anyway")
         else:
             pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())
         self._output = pub

@@ -99,6 +99,7 @@ def record(
 @click.option("--start", "start_s", type=float, default=0.0, help="Skip this many seconds.")
 @click.option("--topic", "topics", multiple=True, help="Topic prefixes (default video/ audio/).")
 @click.option("--wait-for-subscriber", type=float, default=0.0, metavar="SECONDS")
+@click.option("--readers", type=click.IntRange(1, 64), default=1, help="Readers to wait for.")
 @click.option("--lockstep", is_flag=True, help="Run the engine on recorded time; print results.")
 @click.option("--model", default=None, help="--lockstep: ONNX model (default: shipped).")
 @click.option(
@@ -118,6 +119,7 @@ def replay(
     start_s: float,
     topics: tuple[str, ...],
     wait_for_subscriber: float,
+    readers: int,
     lockstep: bool,
     model: str | None,
     backend: str,
@@ -166,6 +168,7 @@ def replay(
         start_s=start_s,
         topics=topics or SENSOR_PREFIXES,
         wait_for_subscriber=wait_for_subscriber,
+        readers=readers,
     )
     if as_json:
         click.echo(json.dumps(report))

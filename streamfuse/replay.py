@@ -105,9 +105,11 @@ def replay_live(
     start_s: float = 0.0,
     topics: Iterable[str] = SENSOR_PREFIXES,
     wait_for_subscriber: float = 0.0,
+    readers: int = 1,
 ) -> dict[str, Any]:
     """Publish ``rec`` with its original timing (``rate`` times faster) until it ends (or
-    ``stop``; forever with ``loop``). Returns what was sent per topic."""
+    ``stop``; forever with ``loop``), after ``readers`` readers of each topic have subscribed
+    (waiting at most ``wait_for_subscriber`` seconds). Returns what was sent per topic."""
     if rate <= 0:
         raise ConfigError("--rate", f"must be > 0, got {rate}")
     prefixes = tuple(topics)
@@ -129,8 +131,12 @@ def replay_live(
     try:
         if wait_for_subscriber > 0:
             for topic, pub in by_topic.items():
-                if not pub.wait_for_subscriber(wait_for_subscriber, topic=topic.encode()):
-                    log.warning("no subscriber for %s after %.1f s", topic, wait_for_subscriber)
+                if not pub.wait_for_subscriber(
+                    wait_for_subscriber, topic=topic.encode(), count=readers
+                ):
+                    log.warning(
+                        "not %d reader(s) of %s after %.1f s", readers, topic, wait_for_subscriber
+                    )
         lap = 0
         while not stop.is_set():
             first = _recv_mono(msgs[0], rec.clock_offset)

@@ -136,7 +136,10 @@ def run(
 @click.option("--until-eof", is_flag=True)
 @click.option("--relay", default=None, help="Publish into this relay, not engine.output.")
 @click.option("--standby", is_flag=True, help="Follow the sensors until stdin says `go`.")
-def engine(config_path: str, until_eof: bool, relay: str | None, standby: bool) -> None:
+@click.option("--wait-for-recorder", is_flag=True, help="Publish once a recorder subscribed.")
+def engine(
+    config_path: str, until_eof: bool, relay: str | None, standby: bool, wait_for_recorder: bool
+) -> None:
     """The inference process (started by `streamfuse run`)."""
     from .cli import install_stop_handlers
     from .engine import Engine, Standby
@@ -145,7 +148,9 @@ def engine(config_path: str, until_eof: bool, relay: str | None, standby: bool) 
     stop = install_stop_handlers()
     eng = Engine(cfg)
     waiting = Standby(sys.stdin.fileno(), stop) if standby else None
-    ended = eng.run(stop, until_eof=until_eof, relay=relay, standby=waiting)
+    ended = eng.run(
+        stop, until_eof=until_eof, relay=relay, standby=waiting, recorder=wait_for_recorder
+    )
     log.info("engine %s after %d classifications", ended, eng.stats.published)
 
 

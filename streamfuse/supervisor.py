@@ -245,8 +245,21 @@ class Supervisor:
         engine = [*py, "engine", "--config", str(self.config_file), "--relay", self.inner]
         if self.until_eof:
             engine.append("--until-eof")
-        children = [Child("engine", engine, sensor=False, heartbeat=RESULT_PREFIX)]
-        if cfg.engine.standby and not self.until_eof:
+        standby = cfg.engine.standby and not self.until_eof
+        # Every reader of the sensors' data subscribes before a sensor sends its first
+        # message, and the recorder before the engine's first: nothing is missing from a
+        # recording's start (seq 0 of every topic).
+        readers = 1 + standby + bool(self.record)
+        common += ["--readers", str(readers)]
+        children = [
+            Child(
+                "engine",
+                [*engine, *(["--wait-for-recorder"] if self.record else [])],
+                sensor=False,
+                heartbeat=RESULT_PREFIX,
+            )
+        ]
+        if standby:
             children.append(Child("standby", [*engine, "--standby"], sensor=False))
         if self.record:
             argv = [*py, "record", "--out", self.record, "--config", str(self.config_file)]
@@ -255,7 +268,7 @@ class Supervisor:
             # restarted like any child, each time onto a new part: never over the last file
             children.append(Child("recorder", argv, sensor=False))
         if self.replay:
-            argv = [*py, "replay", self.replay, "--run-dir", cfg.run_dir]
+            argv = [*py, "replay", self.replay, "--run-dir", cfg.run_dir, "--readers", str(readers)]
             children.append(Child("replay", [*argv, "--wait-for-subscriber", "15"], sensor=True))
             return children
         for cam in cfg.cameras:

@@ -132,6 +132,9 @@ class Publisher:
             serve_curve(self._sock, curve)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
+        # Every (un)subscription comes up, not only a topic's first and last: readers can be
+        # counted (wait_for_subscriber(count=N)).
+        self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         if lossless:
             # Block instead of dropping when a subscriber's queue is full: for file replay and
             # benchmarks, where every message must arrive and the slowest reader sets the pace.
@@ -229,12 +232,31 @@ class Publisher:
                     del self._subscriptions[msg[1:]]
         return len(self._subscriptions)
 
-    def wait_for_subscriber(self, timeout: float = 5.0, topic: bytes | None = None) -> bool:
-        """Block until some subscription (one matching ``topic`` if given) has arrived."""
+    def wait_for_subscriber(
+        self,
+        timeout: float = 5.0,
+        topic: bytes | None = None,
+        *,
+        count: int = 1,
+        prefix: bytes | None = None,
+    ) -> bool:
+        """Block until ``count`` subscriptions (each reader's, counted apart) that match
+        ``topic`` if given have arrived; with ``prefix``, until one of exactly that prefix
+        has (``b""``: a reader of everything, such as a recorder)."""
         deadline = time.monotonic() + timeout
         while True:
             self.poll_subscriptions()
-            if any(topic is None or topic.startswith(p) for p in self._subscriptions):
+            if prefix is not None:
+                if self._subscriptions[prefix] > 0:
+                    return True
+            elif (
+                sum(
+                    n
+                    for p, n in self._subscriptions.items()
+                    if topic is None or topic.startswith(p)
+                )
+                >= count
+            ):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
