@@ -16,6 +16,7 @@ __all__ = [
     "DecodeError",
     "DeviceNotFound",
     "EndpointError",
+    "RecordingStopped",
     "RejectReason",
     "SourceError",
     "StreamfuseError",
@@ -35,6 +36,17 @@ class ConfigError(StreamfuseError):
         self.file = file
         where = f" in {file}" if file else ""
         super().__init__(f"{field}{where}: {problem}")
+
+
+class RecordingStopped(StreamfuseError):
+    """A recording stopped on purpose, before the disk was full (or when it was)."""
+
+    EXIT_STATUS = 3
+    """`record` exits with it; the supervisor then does not restart the recorder."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        super().__init__(f"record: {path}: stopped: {problem}")
 
 
 class EndpointError(StreamfuseError):

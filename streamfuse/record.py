@@ -26,9 +26,12 @@ file and :func:`recover` rewrites it with a proper summary.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import queue
+import shutil
 import struct
 import threading
 import time
@@ -46,7 +49,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from . import fox, messages
-from .errors import SourceError
+from .errors import RecordingStopped, SourceError
 from .messages import AudioWindow, Classification, Envelope, VideoFrame
 from .security import CurveClient
 from .transport import MAX_TOPICS, Sources, Subscriber
@@ -63,6 +66,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MIN_FREE = 64 * 10**6
+"""A recording stops, complete, while the disk still has this much (``--min-free`` MB)."""
 DEFAULT_BACKLOG = 256 << 20
 """Bytes a recorder holds for a disk that is behind, at most (``record --max-backlog-mib``)."""
 
@@ -113,27 +118,47 @@ class Recorder:
         chunk_size: int = 256 * 1024,
         clock_offset: int | None = None,
     ) -> None:
-        self.path = Path(path)
-        self._file = _FlushingFile(open(self.path, "wb"))  # noqa: SIM115
         kind = {"lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
-        self._w = Writer(
-            cast(IO[Any], self._file),  # write/flush/tell/close is all it uses
-            chunk_size=chunk_size,
-            compression=kind.get(compression, CompressionType.NONE),
-        )
-        self._w.start(profile="", library="streamfuse")
+        self._compression = kind.get(compression, CompressionType.NONE)
+        self._chunk_size = chunk_size
         self.clock_offset = clock_offset or time.time_ns() - time.monotonic_ns()
         """CLOCK_REALTIME - CLOCK_MONOTONIC here (Foxglove's stamps are wall-clock time)."""
-        self._w.add_metadata(
-            "streamfuse.clock", {"realtime_minus_monotonic_ns": str(self.clock_offset)}
-        )
-        self._channels: dict[str, int] = {}
-        self._schemas: dict[str, int] = {}
         self.foxglove = foxglove
         self._fox_period = int(1e9 / foxglove_fps) if foxglove_fps > 0 else 0
         self._fox_last: dict[str, int] = {}
         self._audio = fox.AudioBlocks()
         self.written: Counter[str] = Counter()
+        self.parts: list[Path] = []
+        self._open(Path(path))
+
+    def _open(self, path: Path) -> None:
+        self.path = path
+        self.started = time.monotonic()
+        self._file = _FlushingFile(open(path, "wb"))  # noqa: SIM115
+        self._w = Writer(
+            cast(IO[Any], self._file),  # write/flush/tell/close is all it uses
+            chunk_size=self._chunk_size,
+            compression=self._compression,
+        )
+        self._w.start(profile="", library="streamfuse")
+        self._w.add_metadata(
+            "streamfuse.clock", {"realtime_minus_monotonic_ns": str(self.clock_offset)}
+        )
+        self._channels: dict[str, int] = {}
+        self._schemas: dict[str, int] = {}
+        self.parts.append(path)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the current part written so far (whole chunks; the summary comes last)."""
+        return self._file.tell()
+
+    def split(self, path: Path) -> None:
+        """Finish this part (a complete MCAP, summary and all) and go on in ``path``; the
+        Foxglove thinning and the audio blocks carry on across the cut."""
+        self._w.finish()
+        self._file.close()
+        self._open(path)
 
     def _channel(self, topic: str, encoding: str, schema: dict[str, Any] | None) -> int:
         cid = self._channels.get(topic)
@@ -259,6 +284,10 @@ class RecordSummary:
     """Per topic: messages dropped because the backlog waiting for the disk was full."""
     backlog_peak_bytes: int = 0
     """The most that ever waited for the disk."""
+    parts: list[str] = field(default_factory=list)
+    """The files written, in order (one unless split)."""
+    stopped: str | None = None
+    """Why the recording stopped early (the disk), as one line; None if it did not."""
 
 
 def record(
@@ -272,6 +301,9 @@ def record(
     foxglove: bool = True,
     curve: dict[str, CurveClient] | None = None,
     max_backlog: int = DEFAULT_BACKLOG,
+    split_size: int | None = None,
+    split_duration: float | None = None,
+    min_free: int = DEFAULT_MIN_FREE,
 ) -> RecordSummary:
     """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``
     (``curve``: the CurveClient for each endpoint that needs one).
@@ -282,7 +314,14 @@ def record(
     past it, arriving messages are dropped, counted per topic in ``overflow`` and warned
     about once a second, so that a flood never takes the box's memory. Anything lost
     upstream shows as sequence gaps in ``lost``. Invalid messages are counted by reason and
-    not recorded."""
+    not recorded.
+
+    ``split_size`` (bytes) / ``split_duration`` (seconds): the recording goes into parts
+    ``<stem>.000.mcap``, ``<stem>.001.mcap``, ... (rosbag2's --max-bag-size/-duration), each
+    a complete MCAP; a cut falls between two messages, so none is lost or doubled.
+    ``min_free``: once the disk has less than this many bytes free (or is full), the
+    recording stops, its file complete, and ``stopped`` says why (a disk that is already
+    too full at the start raises :class:`RecordingStopped`)."""
     start = time.monotonic()
     sub: Subscriber | Sources
     if curve:  # one CURVE server key per socket: a subscriber per endpoint
@@ -311,17 +350,37 @@ def record(
         finally:
             received.put(None)
 
-    rec = Recorder(out, compression=compression, foxglove=foxglove)
+    out = Path(out)
+    splitting = split_size is not None or split_duration is not None
+    guard = _DiskGuard(out.parent, min_free)
+    guard.check(out)  # before the first byte: a disk already too full is one line now
+    rec = Recorder(
+        split_part(out, 0) if splitting else out, compression=compression, foxglove=foxglove
+    )
     internal_errors = 0
+    stopped: str | None = None
     receiver = threading.Thread(target=receive, name="record-receive", daemon=True)
     receiver.start()
     try:
-        while (item := received.get()) is not None:
+        while stopped is None and (item := received.get()) is not None:
             env, parts, log_time, size = item
             try:
+                guard.check(rec.path)
+                if splitting and (
+                    (split_size is not None and rec.size >= split_size)
+                    or (
+                        split_duration is not None
+                        and time.monotonic() - rec.started >= split_duration
+                    )
+                ):
+                    rec.split(split_part(out, len(rec.parts)))
                 rec.write(env.topic.decode(), parts[1:], env.header, log_time)
-            except OSError:
-                raise  # the disk, not the message: the recording cannot go on
+            except OSError as exc:  # the disk, not the message: the recording cannot go on
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                stopped = str(RecordingStopped(str(rec.path), "the disk is full"))
+            except RecordingStopped as exc:
+                stopped = str(exc)
             except Exception:  # the last resort: one message never ends a recording
                 internal_errors += 1
                 if internal_errors == 1:
@@ -332,21 +391,55 @@ def record(
         writer_done.set()  # after a failed write, the receiver stops too
         receiver.join()
         sub.close()
-        rec.close()
+        with contextlib.suppress(OSError):  # a full disk may refuse the summary too
+            rec.close()
     lost = {t.decode(): st.gaps for t, st in sub.streams.items() if st.gaps}
     rejected = dict(sub.rejected)
     if internal_errors:
         rejected["internal_error"] = rejected.get("internal_error", 0) + internal_errors
     return RecordSummary(
-        path=str(out),
+        path=str(rec.parts[0]),
         seconds=round(time.monotonic() - start, 3),
         written=dict(rec.written),
         lost=lost,
         rejected=rejected,
-        bytes=Path(out).stat().st_size,
+        bytes=sum(p.stat().st_size for p in rec.parts),
         overflow={t.decode(errors="replace"): n for t, n in backlog.dropped.items()},
         backlog_peak_bytes=backlog.peak,
+        parts=[str(p) for p in rec.parts],
+        stopped=stopped,
     )
+
+
+def split_part(path: Path, k: int) -> Path:
+    """``session.mcap`` -> ``session.003.mcap``: part ``k`` of a split recording."""
+    return path.with_name(f"{path.stem}.{k:03d}{path.suffix}")
+
+
+class _DiskGuard:
+    """Stops a recording while the disk still has ``min_free`` bytes (looked at, with
+    statvfs, at most every 0.1 s)."""
+
+    def __init__(self, folder: Path, min_free: int) -> None:
+        self.folder = folder
+        self.min_free = min_free
+        self._next = 0.0
+
+    def check(self, path: Path) -> None:
+        now = time.monotonic()
+        if now < self._next or not self.min_free:
+            return
+        self._next = now + 0.1
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError as exc:
+            raise RecordingStopped(str(path), f"cannot read the disk's free space: {exc}") from None
+        if free < self.min_free:
+            raise RecordingStopped(
+                str(path),
+                f"{free / 1e6:.1f} MB free on {self.folder}, less than --min-free "
+                f"{self.min_free / 1e6:.0f} MB; the file is complete",
+            )
 
 
 class _Backlog:

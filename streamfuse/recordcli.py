@@ -6,11 +6,12 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
 
-from .errors import ConfigError
+from .errors import ConfigError, RecordingStopped
 
 
 @click.command()
@@ -39,6 +40,28 @@ from .errors import ConfigError
     show_default=True,
     help="Hold at most this much for a disk that is behind; past it, drop (counted).",
 )
+@click.option(
+    "--split-size",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    metavar="MB",
+    help="Start a new part (NAME.000.mcap, ...) at this size.",
+)
+@click.option(
+    "--split-duration",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    metavar="S",
+    help="Start a new part after this many seconds.",
+)
+@click.option(
+    "--min-free",
+    type=click.FloatRange(min=0.0),
+    default=64.0,
+    show_default=True,
+    metavar="MB",
+    help="Stop, the file complete, while the disk has this much free.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def record(
     endpoints: tuple[str, ...],
@@ -49,6 +72,9 @@ def record(
     no_foxglove: bool,
     config_path: str | None,
     max_backlog_mib: int,
+    split_size: float | None,
+    split_duration: float | None,
+    min_free: float,
     as_json: bool,
 ) -> None:
     """Record every message on the endpoints into MCAP; Ctrl-C to stop. Nothing is dropped
@@ -62,22 +88,39 @@ def record(
 
         curve = load_config(config_path).curve_clients()
     stop = install_stop_handlers()
-    summary = do_record(
-        list(endpoints),
-        list(topics),
-        out,
-        stop,
-        duration=duration,
-        compression=compression,  # type: ignore[arg-type]
-        foxglove=not no_foxglove,
-        curve=curve,
-        max_backlog=max_backlog_mib << 20,
-    )
+    try:
+        summary = do_record(
+            list(endpoints),
+            list(topics),
+            out,
+            stop,
+            duration=duration,
+            compression=compression,  # type: ignore[arg-type]
+            foxglove=not no_foxglove,
+            curve=curve,
+            max_backlog=max_backlog_mib << 20,
+            split_size=None if split_size is None else int(split_size * 1e6),
+            split_duration=split_duration,
+            min_free=int(min_free * 1e6),
+        )
+    except RecordingStopped as exc:  # the disk was too full before the first byte
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(RecordingStopped.EXIT_STATUS)
     if as_json:
         click.echo(json.dumps(asdict(summary)))
-        return
+    else:
+        _print_record_summary(out, summary)
+    if summary.stopped:
+        click.echo(f"error: {summary.stopped}", err=True)
+        sys.exit(RecordingStopped.EXIT_STATUS)
+
+
+def _print_record_summary(out: str, summary: Any) -> None:
     total = sum(summary.written.values())
-    click.echo(f"{out}: {total} messages, {summary.bytes / 1e6:.1f} MB in {summary.seconds:.1f} s")
+    parts = f" in {len(summary.parts)} parts" if len(summary.parts) > 1 else ""
+    click.echo(
+        f"{out}: {total} messages, {summary.bytes / 1e6:.1f} MB{parts} in {summary.seconds:.1f} s"
+    )
     for topic in sorted({*summary.written, *summary.overflow}):
         n = summary.written.get(topic, 0)
         lost, over = summary.lost.get(topic, 0), summary.overflow.get(topic, 0)

@@ -68,6 +68,28 @@ def describe_summary(s: dict[str, Any]) -> str:
 @click.option("--until-eof", is_flag=True, help="Exit once file sources end and all is classified.")
 @click.option("--replay", default=None, help="An MCAP recording replaces the sensors.")
 @click.option("--record", default=None, help="Record sensors and results to this MCAP file.")
+@click.option(
+    "--split-size",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    metavar="MB",
+    help="--record: a new part (NAME.000.mcap, ...) at this size.",
+)
+@click.option(
+    "--split-duration",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    metavar="S",
+    help="--record: a new part after this many seconds.",
+)
+@click.option(
+    "--min-free",
+    type=click.FloatRange(min=0.0),
+    default=64.0,
+    show_default=True,
+    metavar="MB",
+    help="--record: stop recording while the disk has this much free.",
+)
 def run(
     config_path: str | None,
     camera: str | None,
@@ -80,6 +102,9 @@ def run(
     until_eof: bool,
     replay: str | None,
     record: str | None,
+    split_size: float | None,
+    split_duration: float | None,
+    min_free: float,
 ) -> None:
     """Run the daemon: camera and microphone processes, the engine, health and metrics."""
     from .cli import install_stop_handlers
@@ -114,7 +139,19 @@ def run(
             click.echo(describe(c))
 
     stop = install_stop_handlers()
-    sup = Supervisor(cfg, until_eof=until_eof, on_result=on_result, replay=replay, record=record)
+    record_options = ["--min-free", str(min_free)]
+    if split_size is not None:
+        record_options += ["--split-size", str(split_size)]
+    if split_duration is not None:
+        record_options += ["--split-duration", str(split_duration)]
+    sup = Supervisor(
+        cfg,
+        until_eof=until_eof,
+        on_result=on_result,
+        replay=replay,
+        record=record,
+        record_options=record_options,
+    )
     click.echo(
         f"streamfuse: {len(cfg.cameras)} camera(s) + mic -> {cfg.engine.output}"
         + (f"; health/metrics on http://{cfg.http.host}:{cfg.http.port}/" if cfg.http.port else ""),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ from typing import Any
 
 from .config import RunConfig, dump_config, validate
 from .engine import RESULT_PREFIX
-from .errors import ConfigError, EndpointError
+from .errors import ConfigError, EndpointError, RecordingStopped
 from .messages import Classification, Heartbeat
 from .rundir import RunDir
 from .transport import Relay, Sources, heartbeat_topic
@@ -194,7 +195,9 @@ class Supervisor:
         epoch_ns: int | None = None,
         replay: str | None = None,
         record: str | None = None,
+        record_options: list[str] | None = None,
     ) -> None:
+        """``record_options``: more ``streamfuse record`` options (split, min-free)."""
         self.cfg = cfg
         self.until_eof = until_eof
         self.replay = replay
@@ -209,6 +212,9 @@ class Supervisor:
         self.monitor: Sources | None = None
         self.record_parts: list[str] = [record] if record else []
         """The files the recorder wrote: a restarted recorder starts a new part."""
+        self.record_options = list(record_options or [])
+        self.recording_stopped: str | None = None
+        """Why the recorder stopped for good (the disk), if it did."""
         self.arrivals: dict[str, tuple[int, float]] = {
             t: (0, time.monotonic()) for t in self._sensor_topics()
         }
@@ -263,6 +269,7 @@ class Supervisor:
             children.append(Child("standby", [*engine, "--standby"], sensor=False))
         if self.record:
             argv = [*py, "record", "--out", self.record, "--config", str(self.config_file)]
+            argv += self.record_options
             for ep in (cfg.engine.output, *(cfg.source_endpoint(t) for t in self._sensor_topics())):
                 argv += ["--endpoint", ep]
             # restarted like any child, each time onto a new part: never over the last file
@@ -394,7 +401,11 @@ class Supervisor:
             },
             "engine_drops": dict(engine.drops) if engine is not None else {},
             "restarts": {c.name: c.restarts for c in self.children},
-            **({"recorded": self.record_parts} if self.record else {}),
+            **(
+                {"recorded": rec["files"], "recording_stopped": rec["reason"]}
+                if (rec := self.recording())
+                else {}
+            ),
         }
 
     def _sensor_topics(self) -> list[str]:
@@ -469,6 +480,13 @@ class Supervisor:
                 log.error("%s exited with status %d; not restarted", child.name, rc)
                 child.done = True
                 continue
+            if child.name == "recorder" and rc == RecordingStopped.EXIT_STATUS:
+                # it said why (one error line) and its file is complete: a restart would
+                # only stop again; classifying goes on, /healthz says recording stopped
+                self.recording_stopped = self._why_recording_stopped()
+                log.error("recording stopped (%s); the daemon goes on", self.recording_stopped)
+                child.done = True
+                continue
             if child is self.children[0] and self._take_over(child, rc, now):
                 continue
             if self.until_eof:
@@ -482,6 +500,32 @@ class Supervisor:
                 "%s exited with status %d; restarting in %.1f s", child.name, rc, child.backoff
             )
         return True
+
+    def _why_recording_stopped(self) -> str:
+        folder = Path(self.record_parts[-1]).parent if self.record_parts else Path(".")
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free on {folder}"
+        except OSError as exc:
+            free = f"{folder}: {exc.strerror}"
+        return f"the disk: {free}"
+
+    def recording(self) -> dict[str, Any] | None:
+        """The recording's state for /healthz: its files (split parts included) and whether
+        it still goes on."""
+        if not self.record:
+            return None
+        files: list[str] = []
+        for base in self.record_parts:
+            p = Path(base)
+            files += (
+                [base]
+                if p.exists()
+                else sorted(map(str, p.parent.glob(f"{p.stem}.[0-9][0-9][0-9]{p.suffix}")))
+            )
+        recorder = next(c for c in self.children if c.name == "recorder")
+        alive = recorder.proc is not None and recorder.proc.poll() is None
+        state = "stopped" if self.recording_stopped else "recording" if alive else "restarting"
+        return {"state": state, "reason": self.recording_stopped, "files": files}
 
     def _take_over(self, engine: Child, rc: int, now: float) -> bool:
         """The engine has exited: hand over to the standby if one is running (it was
@@ -601,6 +645,7 @@ class Supervisor:
             "heartbeat_age_s": {k: round(now - v, 3) for k, v in self.hb_seen_at.items()},
             "sources": self.sources(now),
             "insecure": self.cfg.security.insecure,
+            **({"recording": self.recording()} if self.record else {}),
             "rejected": self.rejected(),
             "classifications": self.result_counts,
         }

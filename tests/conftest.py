@@ -61,6 +61,10 @@ SYSTEM_PARTS: dict[str, tuple[str, Callable[[], bool]]] = {
         "root and iproute2, for network namespaces",
         lambda: os.geteuid() == 0 and shutil.which("ip") is not None,
     ),
+    "tmpfs": (
+        "root and mount, for a small disk that fills up",
+        lambda: os.geteuid() == 0 and shutil.which("mount") is not None,
+    ),
 }
 TOOLS = {"ffmpeg": "ffmpeg", "pactl": "pulseaudio", "paplay": "pulseaudio", "qemu-x86_64": "qemu"}
 HIDDEN = {p.strip() for p in os.environ.get("STREAMFUSE_TEST_HIDE", "").split(",") if p.strip()}

@@ -284,7 +284,7 @@ def _check_foxglove_channels(path: Path, rec: Any) -> None:
         summary = reader.get_summary()
         assert summary is not None
         encodings = {c.topic: c.message_encoding for c in summary.channels.values()}
-        for schema, channel, message, proto in reader.iter_decoded_messages(
+        for schema, channel, _message, proto in reader.iter_decoded_messages(
             topics=[t for t, e in encodings.items() if e in ("protobuf", "json")]
         ):
             if channel.message_encoding == "json":

@@ -122,17 +122,16 @@ def test_a_publisher_can_wait_for_each_of_its_readers(endpoint: str, zctx: zmq.C
     """``count``: readers of the topic counted apart (two on the same prefix are two);
     ``prefix``: exactly that subscription (b"": a recorder's, of everything). What `run`
     uses so that no reader misses a sensor's or the engine's first message."""
-    with Publisher(endpoint, context=zctx) as pub:
+    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, ["video/"], context=zctx):
+        assert pub.wait_for_subscriber(5, b"video/front", count=1)
+        assert not pub.wait_for_subscriber(0.3, b"video/front", count=2)
+        assert not pub.wait_for_subscriber(0.1, prefix=b"")
         with Subscriber(endpoint, ["video/"], context=zctx):
-            assert pub.wait_for_subscriber(5, b"video/front", count=1)
-            assert not pub.wait_for_subscriber(0.3, b"video/front", count=2)
+            assert pub.wait_for_subscriber(5, b"video/front", count=2)
             assert not pub.wait_for_subscriber(0.1, prefix=b"")
-            with Subscriber(endpoint, ["video/"], context=zctx):
-                assert pub.wait_for_subscriber(5, b"video/front", count=2)
-                assert not pub.wait_for_subscriber(0.1, prefix=b"")
-            with Subscriber(endpoint, [""], context=zctx):
-                assert pub.wait_for_subscriber(5, prefix=b"")
-                assert pub.wait_for_subscriber(5, b"video/front", count=2)
+        with Subscriber(endpoint, [""], context=zctx):
+            assert pub.wait_for_subscriber(5, prefix=b"")
+            assert pub.wait_for_subscriber(5, b"video/front", count=2)
 
 
 def test_specific_rejections_are_counted_by_reason(endpoint: str, zctx: zmq.Context) -> None:
