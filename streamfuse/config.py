@@ -191,6 +191,19 @@ class HttpConfig(_Section):
     )
 
 
+class FoxgloveConfig(_Section):
+    host: Annotated[str, _opt("address of the live Foxglove WebSocket server", min_length=1)] = (
+        "127.0.0.1"
+    )
+    port: (
+        Annotated[int, _opt("its port (run --foxglove [HOST:]PORT); null: off", ge=1, le=65535)]
+        | None
+    ) = None
+    fps: Annotated[
+        float, _opt("camera images sent at most this often, per camera", gt=0, le=120)
+    ] = 10.0
+
+
 class SecurityConfig(_Section):
     key: (
         Annotated[str, _opt("this daemon's CURVE secret key file (streamfuse keys generate)")]
@@ -211,6 +224,7 @@ class RunConfig(_Section):
     sync: SyncSection = msgspec.field(default_factory=SyncSection)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    foxglove: FoxgloveConfig = msgspec.field(default_factory=FoxgloveConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     run_dir: Annotated[
         str,
@@ -407,6 +421,11 @@ def load_config(
         cfg.engine.output = overrides["output"]
     if overrides.get("http_port") is not None:
         cfg.http.port = overrides["http_port"]
+    if overrides.get("foxglove"):
+        host, _, port = str(overrides["foxglove"]).rpartition(":")
+        if not port.isdigit():
+            raise ConfigError("--foxglove", f"{overrides['foxglove']!r}: give [HOST:]PORT")
+        cfg.foxglove.host, cfg.foxglove.port = host or cfg.foxglove.host, int(port)
     if any(v is not None for v in overrides.values()):
         cfg = validate(cfg, f"{file} with command-line overrides")
     return cfg

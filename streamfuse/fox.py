@@ -48,10 +48,15 @@ __all__ = [
     "timestamp",
 ]
 
-CLASSIFICATION_SCHEMA: dict[str, Any] = {
-    "title": "streamfuse.Classification",
-    **msgspec.json.schema(Classification),
-}
+def _object_schema(kind: type[Any]) -> dict[str, Any]:
+    """msgspec's JSON Schema of a struct, with the struct itself at the top (Foxglove wants
+    an object schema there; msgspec puts a ``$ref`` there)."""
+    raw = msgspec.json.schema(kind)
+    defs = raw.get("$defs", {})
+    return {"title": f"streamfuse.{kind.__name__}", **defs[kind.__name__], "$defs": defs}
+
+
+CLASSIFICATION_SCHEMA: dict[str, Any] = _object_schema(Classification)
 """The JSON Schema of a classification as JSON (every field, its type, which are required)."""
 
 

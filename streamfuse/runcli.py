@@ -64,6 +64,9 @@ def describe_summary(s: dict[str, Any]) -> str:
 @click.option("--mic-endpoint", default=None, help="The microphone is an outside publisher here.")
 @click.option("--output", default=None, help="Override engine.output (where results go).")
 @click.option("--http-port", type=int, default=None, help="Override http.port (0: off).")
+@click.option(
+    "--foxglove", default=None, metavar="[HOST:]PORT", help="Serve a live Foxglove view here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Classifications as JSON lines on stdout.")
 @click.option("--until-eof", is_flag=True, help="Exit once file sources end and all is classified.")
 @click.option("--replay", default=None, help="An MCAP recording replaces the sensors.")
@@ -98,6 +101,7 @@ def run(
     mic_endpoint: str | None,
     output: str | None,
     http_port: int | None,
+    foxglove: str | None,
     as_json: bool,
     until_eof: bool,
     replay: str | None,
@@ -119,6 +123,7 @@ def run(
             "mic_endpoint": mic_endpoint,
             "output": output,
             "http_port": http_port,
+            "foxglove": foxglove,
         },
     )
     if replay:
@@ -154,7 +159,12 @@ def run(
     )
     click.echo(
         f"streamfuse: {len(cfg.cameras)} camera(s) + mic -> {cfg.engine.output}"
-        + (f"; health/metrics on http://{cfg.http.host}:{cfg.http.port}/" if cfg.http.port else ""),
+        + (f"; health/metrics on http://{cfg.http.host}:{cfg.http.port}/" if cfg.http.port else "")
+        + (
+            f"; Foxglove on ws://{cfg.foxglove.host}:{cfg.foxglove.port}"
+            if cfg.foxglove.port
+            else ""
+        ),
         err=True,
     )
     status = sup.run(stop)
@@ -189,6 +199,27 @@ def engine(
         stop, until_eof=until_eof, relay=relay, standby=waiting, recorder=wait_for_recorder
     )
     log.info("engine %s after %d classifications", ended, eng.stats.published)
+
+
+@click.command(hidden=True)
+@click.option("--config", "config_path", required=True)
+def live(config_path: str) -> None:
+    """The live Foxglove view (started by `streamfuse run --foxglove`)."""
+    from .cli import install_stop_handlers
+    from .live import LiveView
+
+    cfg = load_config(config_path)
+    assert cfg.foxglove.port is not None, "the supervisor starts this with foxglove.port set"
+    stop = install_stop_handlers()
+    try:
+        view = LiveView(cfg, cfg.foxglove.host, cfg.foxglove.port, fps=cfg.foxglove.fps)
+    except RuntimeError as exc:  # the SDK's own words (the address, the port in use)
+        from .errors import ConfigError
+
+        where = f"{cfg.foxglove.host}:{cfg.foxglove.port}"
+        raise ConfigError("foxglove", f"cannot serve on {where}: {exc}") from None
+    log.info("Foxglove live view on ws://%s:%d", cfg.foxglove.host, view.port)
+    view.run(stop)
 
 
 @click.group("config")
@@ -299,6 +330,8 @@ def _preflight(cfg: RunConfig) -> None:
 
     ModelInfo.load(cfg.engine.model)
     _check_free(cfg.engine.output, "engine.output")
+    if cfg.foxglove.port is not None:
+        _check_free(f"tcp://{cfg.foxglove.host}:{cfg.foxglove.port}", "foxglove.port")
     cfg.curve_clients()  # every key file readable, or one line naming it, before anything starts
     names = backend_names()
     if cfg.engine.backend != "auto" and cfg.engine.backend not in names:

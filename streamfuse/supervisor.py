@@ -255,7 +255,8 @@ class Supervisor:
         # Every reader of the sensors' data subscribes before a sensor sends its first
         # message, and the recorder before the engine's first: nothing is missing from a
         # recording's start (seq 0 of every topic).
-        readers = 1 + standby + bool(self.record)
+        live = cfg.foxglove.port is not None
+        readers = 1 + standby + bool(self.record) + live
         common += ["--readers", str(readers)]
         children = [
             Child(
@@ -267,6 +268,9 @@ class Supervisor:
         ]
         if standby:
             children.append(Child("standby", [*engine, "--standby"], sensor=False))
+        if live:
+            argv = [*py, "live", "--config", str(self.config_file)]
+            children.append(Child("foxglove", argv, sensor=False))
         if self.record:
             argv = [*py, "record", "--out", self.record, "--config", str(self.config_file)]
             argv += self.record_options
