@@ -44,7 +44,14 @@ lint: $(DEV)
 typecheck: $(DEV)
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+# Foxglove's TypeScript MCAP reader, an independent check of recordings (tests/ts; skipped,
+# or failed in CI, without node).
+TSREADER := tests/ts/node_modules/.stamp
+$(TSREADER): tests/ts/package.json tests/ts/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/ts --no-audit --no-fund && touch $@; \
+	else echo "no npm: the TypeScript MCAP reader test will skip"; fi
+
+test: lint typecheck $(TSREADER)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(DEV)

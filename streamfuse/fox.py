@@ -48,12 +48,13 @@ __all__ = [
     "timestamp",
 ]
 
+
 def _object_schema(kind: type[Any]) -> dict[str, Any]:
     """msgspec's JSON Schema of a struct, with the struct itself at the top (Foxglove wants
     an object schema there; msgspec puts a ``$ref`` there)."""
     raw = msgspec.json.schema(kind)
     defs = raw.get("$defs", {})
-    return {"title": f"streamfuse.{kind.__name__}", **defs[kind.__name__], "$defs": defs}
+    return {**defs[kind.__name__], "title": f"streamfuse.{kind.__name__}", "$defs": defs}
 
 
 CLASSIFICATION_SCHEMA: dict[str, Any] = _object_schema(Classification)

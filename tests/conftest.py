@@ -61,6 +61,13 @@ SYSTEM_PARTS: dict[str, tuple[str, Callable[[], bool]]] = {
         "root and iproute2, for network namespaces",
         lambda: os.geteuid() == 0 and shutil.which("ip") is not None,
     ),
+    "node": (
+        "nodejs and npm; `make test` installs tests/ts",
+        lambda: (
+            shutil.which("node") is not None
+            and (Path(__file__).parent / "ts" / "node_modules" / "@mcap" / "core").is_dir()
+        ),
+    ),
     "tmpfs": (
         "root and mount, for a small disk that fills up",
         lambda: os.geteuid() == 0 and shutil.which("mount") is not None,

@@ -28,10 +28,10 @@ from mcap.reader import make_reader
 
 from streamfuse import messages
 from streamfuse.errors import SourceError
-from streamfuse.record import pack_frames, read_recording, unpack_frames
+from streamfuse.record import ENCODING, pack_frames, read_recording, unpack_frames
 from streamfuse.testing import assert_matches_golden, run_recording
 
-from ..conftest import Children, require_tool
+from ..conftest import Children, require_system, require_tool
 from .helpers import free_port, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(180)]
@@ -207,12 +207,11 @@ def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(
     assert len(seqs) == written and seqs == sorted(set(seqs)) and seqs[:4] == list(range(4))
 
 
-def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> None:
-    """2 cameras 640x480 raw at 30 fps + microphone + the results, recorded for 9 s: every
-    sequence number of every topic is in the file, from 0 (the recorder subscribed before
-    anyone published); its Foxglove channels decode with the official decoders (protobuf
-    through mcap-protobuf-support, JSON against its embedded schema): images stamped with
-    their frame's capture time, the audio blocks back to back, covering every window."""
+@pytest.fixture(scope="module")
+def load_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """9 s of `streamfuse run --record`: 2 cameras 640x480 raw at 30 fps, the microphone,
+    the results (one recording, read by the tests below)."""
+    tmp_path = tmp_path_factory.mktemp("load")
     cfg = {
         "cameras": [
             {"name": "left", "source": "synthetic", "fps": 30, "width": 640, "height": 480},
@@ -224,25 +223,24 @@ def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> N
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "load.mcap"
+    argv = [sys.executable, "-m", "streamfuse", "run", "--config", str(tmp_path / "c.yaml")]
     sup = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamfuse",
-            "run",
-            "--config",
-            str(tmp_path / "c.yaml"),
-            "--record",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*argv, "--record", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(9)
+    time.sleep(9)  # the recording's length
     sup.send_signal(signal.SIGTERM)
     _, err = sup.communicate(timeout=30)
     assert sup.returncode == 0, err
+    return out
+
+
+def test_recording_is_lossless_at_the_engine_benchmark_load(load_recording: Path) -> None:
+    """Every sequence number of every topic is in the file, from 0 (the recorder subscribed
+    before anyone published); its Foxglove channels decode with the official decoders
+    (protobuf through mcap-protobuf-support, JSON against its embedded schema): images
+    stamped with their frame's capture time, the audio blocks back to back, covering every
+    window."""
+    out = load_recording
     rec = read_recording(out)
     assert rec.problem is None
     seqs: dict[str, list[int]] = {}
@@ -253,6 +251,33 @@ def test_recording_is_lossless_at_the_engine_benchmark_load(tmp_path: Path) -> N
     for topic, s in seqs.items():
         assert s == list(range(len(s))), f"{topic}: {s[:5]}... not every seq from 0"
     _check_foxglove_channels(out, rec)
+
+
+def test_recordings_read_back_with_foxglove_typescript_reader(load_recording: Path) -> None:
+    """@mcap/core (indexed and streaming, CRCs checked) and @mcap/support (protobuf from the
+    embedded descriptors) in node: the same messages per topic as the Python reader, every
+    Foxglove channel decoded, every record parsed (tests/ts/read_mcap.mjs)."""
+    require_system("node")
+    script = Path(__file__).resolve().parents[1] / "ts" / "read_mcap.mjs"
+    done = subprocess.run(["node", str(script), str(load_recording)], capture_output=True,
+                          text=True, timeout=60, cwd=script.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rec = read_recording(load_recording)
+    ours: dict[str, int] = {}
+    for m in rec.messages:
+        ours[m.topic] = ours.get(m.topic, 0) + 1
+    theirs = report["topics"]
+    assert {t: v["count"] for t, v in theirs.items() if v["encoding"] == ENCODING} == ours
+    foxglove = {t: v for t, v in theirs.items() if v["encoding"] != ENCODING}
+    assert {"video/left/image", "audio/mic0/audio", "result/left/annotations"} <= set(foxglove)
+    assert all(v["decoded"] == v["count"] > 0 for v in foxglove.values()), foxglove
+    assert foxglove["video/left/image"]["schema"] == "foxglove.CompressedImage"
+    assert foxglove["audio/mic0/audio"]["first"]["format"] == "pcm-s16"
+    assert foxglove["result/left/json"]["schema"] == "streamfuse.Classification"
+    assert report["done"] and report["streamed_messages"] == sum(
+        v["count"] for v in theirs.values()
+    )
 
 
 def _check_foxglove_channels(path: Path, rec: Any) -> None:
