@@ -447,7 +447,15 @@ def devices(as_json: bool) -> None:
 def _add_model_commands() -> None:
     from .modelcli import backends, build_engine, evaluate, export, train
     from .recordcli import record, recover, replay
-    from .runcli import config_group, engine, keys_group, live, run, systemd_unit
+    from .runcli import (
+        config_group,
+        engine,
+        foxglove_layout,
+        keys_group,
+        live,
+        run,
+        systemd_unit,
+    )
 
     main.add_command(record)
     main.add_command(replay)
@@ -455,6 +463,7 @@ def _add_model_commands() -> None:
     main.add_command(run)
     main.add_command(engine)
     main.add_command(live)
+    main.add_command(foxglove_layout)
     main.add_command(config_group)
     main.add_command(systemd_unit)
     main.add_command(keys_group)

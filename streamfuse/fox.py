@@ -38,12 +38,17 @@ from foxglove.messages import (
 from . import messages
 from .messages import AudioWindow, Classification, VideoFrame
 
+RESULT_PREFIX = "result/"
+STATS_TOPIC = "streamfuse/stats"
+
 __all__ = [
     "CLASSIFICATION_SCHEMA",
+    "STATS_TOPIC",
     "AudioBlocks",
     "compressed_image",
     "jpeg",
     "label_overlay",
+    "layout",
     "schema_of",
     "timestamp",
 ]
@@ -177,3 +182,55 @@ def classification_json(c: Classification) -> bytes:
 
 def classification_doc(c: Classification) -> dict[str, Any]:
     return json.loads(msgspec.json.encode(c))
+
+
+def layout(cameras: list[str], mic: str) -> str:
+    """A Foxglove layout (JSON, through foxglove-sdk's layout API) for a daemon with these
+    camera topics (``video/front``) and microphone topic: per camera an Image panel with the
+    label overlay, the Audio panel on the microphone, a Plot of each camera's fused and
+    per-sensor scores and of the audio level, and Raw Messages on the first camera's
+    classification and on the stats."""
+    import foxglove.layouts as fl
+
+    results = [RESULT_PREFIX + c.removeprefix("video/") for c in cameras]
+    images = [
+        fl.SplitItem(
+            content=fl.ImagePanel(
+                config=fl.ImageConfig(
+                    image_mode=fl.ImageModeConfig(
+                        image_topic=f"{cam}/image",
+                        annotations={
+                            f"{res}/annotations": fl.ImageAnnotationSettings(visible=True)
+                        },
+                    )
+                )
+            )
+        )
+        for cam, res in zip(cameras, results, strict=True)
+    ]
+    scores = [
+        fl.PlotSeries(value=f"{res}.{field}")
+        for res in results
+        for field in ("score", "image_score", "audio_score")
+    ]
+    side = fl.SplitContainer(
+        direction="column",
+        items=[
+            fl.SplitItem(content=fl.AudioPanel(config=fl.AudioConfig(topic=f"{mic}/audio"))),
+            fl.SplitItem(content=fl.PlotPanel(config=fl.PlotConfig(paths=scores))),
+            fl.SplitItem(
+                content=fl.RawMessagesPanel(config=fl.RawMessagesConfig(topic_path=results[0]))
+            ),
+            fl.SplitItem(
+                content=fl.RawMessagesPanel(config=fl.RawMessagesConfig(topic_path=STATS_TOPIC))
+            ),
+        ],
+    )
+    view = fl.SplitContainer(
+        direction="row",
+        items=[
+            fl.SplitItem(proportion=2, content=fl.SplitContainer(direction="column", items=images)),
+            fl.SplitItem(proportion=1, content=side),
+        ],
+    )
+    return json.dumps(json.loads(fl.Layout(content=view).to_json()), indent=2) + "\n"

@@ -99,7 +99,7 @@ class LiveView:
             t: foxglove.Channel(t, schema=fox.CLASSIFICATION_SCHEMA, context=c) for t in results
         }
         self._notes = {t: ImageAnnotationsChannel(f"{t}/annotations", context=c) for t in results}
-        self._stats = foxglove.Channel("streamfuse/stats", schema=STATS_SCHEMA, context=c)
+        self._stats = foxglove.Channel(fox.STATS_TOPIC, schema=STATS_SCHEMA, context=c)
         self.streams: dict[str, dict[str, Any]] = {}
         self.counts = {"images": 0, "thinned": 0, "audio_blocks": 0, "results": 0}
 

@@ -222,6 +222,18 @@ def live(config_path: str) -> None:
     view.run(stop)
 
 
+@click.command("foxglove-layout")
+@click.option("--config", "config_path", default=None, help="Its cameras and microphone.")
+def foxglove_layout(config_path: str | None) -> None:
+    """Print a Foxglove layout (JSON) for the live view or a recording: images with the
+    label overlay, the audio panel, score plots, raw messages. (configs/foxglove-layout.json
+    is this for the defaults: import it in Foxglove's Layouts menu.)"""
+    from .fox import layout
+
+    cfg = load_config(config_path)
+    click.echo(layout([cfg.camera_topic(c) for c in cfg.cameras], cfg.mic_topic), nl=False)
+
+
 @click.group("config")
 def config_group() -> None:
     """The daemon's configuration file."""

@@ -47,6 +47,28 @@ def _proto_class(schema_name: str, schema_b64: str) -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema_name))
 
 
+def _layout_topics() -> set[str]:
+    doc = json.loads((Path(__file__).parents[2] / "configs" / "foxglove-layout.json").read_text())
+    found: set[str] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k in ("imageTopic", "topic", "topicPath") and isinstance(v, str):
+                    found.add(v)
+                elif k == "value" and isinstance(v, str):
+                    found.add(v.split(".")[0])  # a message path: topic.field
+                elif k == "annotations" and isinstance(v, dict):
+                    found.update(v)
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(doc)
+    return found
+
+
 def _connect(port: int, deadline: float) -> ClientConnection:
     while True:
         try:
@@ -79,6 +101,8 @@ def test_a_foxglove_client_sees_images_audio_results_overlays_and_stats(
     deadline = time.monotonic() + 60
     with _connect(ws_port, deadline) as ws:
         channels = _channels(ws, deadline)
+        # the shipped layout (configs/foxglove-layout.json) names only topics served here
+        assert _layout_topics() <= set(channels), _layout_topics() - set(channels)
         by_id = {c["id"]: c for c in channels.values() if c["topic"] in WANTED}
         subs = [{"id": k, "channelId": cid} for k, cid in enumerate(by_id)]
         ws.send(json.dumps({"op": "subscribe", "subscriptions": subs}))

@@ -169,3 +169,13 @@ def test_any_config_loads_or_is_one_line_naming_field_and_file(
         assert 0 <= cfg.http.port <= 65535 and 1 <= cfg.engine.max_batch <= 256
         assert all(c.fps is None or 0 < c.fps <= 1000 for c in cfg.cameras)
         assert cfg.mic.hop_ms <= cfg.mic.window_ms
+
+
+def test_the_shipped_foxglove_layout_is_what_the_command_prints() -> None:
+    """configs/foxglove-layout.json is `streamfuse foxglove-layout` for the defaults."""
+    from streamfuse.config import load_config
+    from streamfuse.fox import layout
+
+    cfg = load_config(None)
+    shipped = Path(__file__).parents[2] / "configs" / "foxglove-layout.json"
+    assert shipped.read_text() == layout([cfg.camera_topic(c) for c in cfg.cameras], cfg.mic_topic)
