@@ -14,6 +14,7 @@ and their rate per phase, medians over repeats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import statistics
@@ -89,10 +90,8 @@ def one(seconds: float) -> dict[str, tuple[float, float, float]]:
 
                 def drain() -> None:
                     while not stop.is_set():
-                        try:
+                        with contextlib.suppress(TimeoutError):
                             ws.recv(timeout=0.1)
-                        except TimeoutError:
-                            pass
 
                 reader = threading.Thread(target=drain, daemon=True)
                 reader.start()

@@ -209,7 +209,7 @@ def layout(cameras: list[str], mic: str) -> str:
         for cam, res in zip(cameras, results, strict=True)
     ]
     scores = [
-        fl.PlotSeries(value=f"{res}.{field}")
+        fl.PlotSeries(value=f"{res}/json.{field}")
         for res in results
         for field in ("score", "image_score", "audio_score")
     ]
@@ -219,7 +219,9 @@ def layout(cameras: list[str], mic: str) -> str:
             fl.SplitItem(content=fl.AudioPanel(config=fl.AudioConfig(topic=f"{mic}/audio"))),
             fl.SplitItem(content=fl.PlotPanel(config=fl.PlotConfig(paths=scores))),
             fl.SplitItem(
-                content=fl.RawMessagesPanel(config=fl.RawMessagesConfig(topic_path=results[0]))
+                content=fl.RawMessagesPanel(
+                    config=fl.RawMessagesConfig(topic_path=f"{results[0]}/json")
+                )
             ),
             fl.SplitItem(
                 content=fl.RawMessagesPanel(config=fl.RawMessagesConfig(topic_path=STATS_TOPIC))

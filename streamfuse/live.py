@@ -9,7 +9,7 @@ the engine's results, and serves through the official ``foxglove-sdk`` server
 ``video/<camera>/image``              ``foxglove.CompressedImage`` (JPEG, at most ``fps``)
 ``audio/<mic>/audio``                 ``foxglove.RawAudio`` (pcm-s16, each window's new
                                       samples: the Audio panel plays it)
-``result/<camera>``                   the classification (JSON, its JSON Schema)
+``result/<camera>/json``              the classification (JSON, its JSON Schema)
 ``result/<camera>/annotations``       ``foxglove.ImageAnnotations``: the label on its frame
 ``streamfuse/stats``                  per stream: rate, sent, drops and errors (JSON)
 ====================================  ==================================================
@@ -95,8 +95,9 @@ class LiveView:
         self._images = {t: CompressedImageChannel(f"{t}/image", context=c) for t in self.cameras}
         self._sound = RawAudioChannel(f"{self.mic}/audio", context=c)
         results = [RESULT_PREFIX + t.removeprefix("video/") for t in self.cameras]
-        self._results = {
-            t: foxglove.Channel(t, schema=fox.CLASSIFICATION_SCHEMA, context=c) for t in results
+        self._results = {  # (named as in a recording: one layout serves both)
+            t: foxglove.Channel(f"{t}/json", schema=fox.CLASSIFICATION_SCHEMA, context=c)
+            for t in results
         }
         self._notes = {t: ImageAnnotationsChannel(f"{t}/annotations", context=c) for t in results}
         self._stats = foxglove.Channel(fox.STATS_TOPIC, schema=STATS_SCHEMA, context=c)

@@ -33,7 +33,7 @@ SUBPROTOCOLS = ["foxglove.sdk.v1", "foxglove.websocket.v1"]
 WANTED = {
     "video/front/image",
     "audio/mic0/audio",
-    "result/front",
+    "result/front/json",
     "result/front/annotations",
     "streamfuse/stats",
 }
@@ -113,7 +113,7 @@ def test_a_foxglove_client_sees_images_audio_results_overlays_and_stats(
             docs = (json.loads(d) for _, d in got.get("streamfuse/stats", []))
             return any(d["streams"].get("video/front", {}).get("sent", 0) > 0 for d in docs)
 
-        while not (set(got) >= WANTED and len(got["result/front"]) >= 2 and counted()):
+        while not (set(got) >= WANTED and len(got["result/front/json"]) >= 2 and counted()):
             assert time.monotonic() < deadline, sorted(got)
             msg = ws.recv(timeout=10)
             if isinstance(msg, bytes) and msg[0] == 0x01:  # Message Data
@@ -139,9 +139,9 @@ def test_a_foxglove_client_sees_images_audio_results_overlays_and_stats(
     audio = decoded["audio/mic0/audio"]
     assert audio.format == "pcm-s16" and audio.sample_rate == 16000
     assert audio.number_of_channels == 1 and len(audio.data) >= 2 * 16000 * 250 // 1000 - 2
-    result = decoded["result/front"]
+    result = decoded["result/front/json"]
     assert result["kind"] == "classification" and 0 <= result["score"] <= 1
-    labels = {json.loads(d)["label"] for _, d in got["result/front"]}
+    labels = {json.loads(d)["label"] for _, d in got["result/front/json"]}
     text = decoded["result/front/annotations"].texts[0].text
     assert text.split()[0] in labels
     stats = decoded["streamfuse/stats"]
