@@ -46,6 +46,8 @@ class SyntheticCamera(SourceBase):
     def read(self) -> list[tuple[VideoFrame, object]] | None:
         import cv2
 
+        if self._n == 0:  # its clock starts with the first read, as a device's frames do
+            self._t0 = time.monotonic_ns()  # (not at open: no burst after a wait for readers)
         t = self._t0 + int(self._n * NS / self.fps)
         if not self.opts.wait_until(t):
             return []
@@ -88,6 +90,8 @@ class SyntheticMicrophone(SourceBase):
 
     def read(self) -> list[tuple[AudioWindow, object]] | None:
         rate = self.opts.rate
+        if self._n == 0:  # as the camera: the tone starts with the first read
+            self._t0 = time.monotonic_ns()
         t_first = self._t0 + self._n * NS // rate
         # A block exists once its last sample has been "captured".
         if not self.opts.wait_until(t_first + self._block * NS // rate):
