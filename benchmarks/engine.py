@@ -45,6 +45,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(port: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll /healthz until the daemon says ok; its answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (h := healthz(port))["status"] == "ok":
+                return h
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("daemon did not become healthy")
+        time.sleep(0.2)
+
+
 def healthz(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
@@ -84,16 +98,7 @@ def run(hop_ms: int, seconds: float) -> dict[str, Any]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if healthz(port)["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("daemon did not become healthy")
-            time.sleep(0.2)
+        wait_healthy(port)
         time.sleep(3)  # past start-up
         pids = {name: c["pid"] for name, c in healthz(port)["children"].items()}
         pids["supervisor"] = sup.pid

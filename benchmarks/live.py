@@ -29,7 +29,7 @@ import numpy as np
 from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine import free_port, healthz
+from engine import free_port, wait_healthy
 from model import cpu_name
 from transport import write_section
 
@@ -67,15 +67,7 @@ def one(seconds: float) -> dict[str, tuple[float, float, float]]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     out: dict[str, tuple[float, float, float]] = {}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if healthz(port)["status"] == "ok":
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the daemon is not healthy"
-            time.sleep(0.2)
+        wait_healthy(port)
         with Client(output) as client:
             client.recv(timeout=15)
 

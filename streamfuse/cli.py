@@ -171,7 +171,10 @@ def _run_capture_command(
             # count): under `run`, the engine, its standby and the recorder, so that none
             # misses the first message.
             readers = common["readers"]
-            if wait > 0 and not pub.wait_for_subscriber(wait, topic=topic.encode(), count=readers):
+            ready = wait <= 0 or pub.wait_for_subscriber(
+                wait, topic=topic.encode(), count=readers, stop=stop
+            )
+            if not ready and not stop.is_set():
                 log.warning("not %d reader(s) after %.1f s; publishing anyway", readers, wait)
             summary = run_capture(
                 src,

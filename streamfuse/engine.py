@@ -188,7 +188,7 @@ class Engine:
             # (the relay drains at once; engine.sndhwm applies to each subscriber past it)
             pub = Publisher(relay, sndhwm=RELAY_HWM, connect=True)
             pub.wait_for_subscriber(1.0)  # the supervisor's: the first heartbeat reaches it
-            if recorder and not pub.wait_for_subscriber(15.0, prefix=b""):
+            if recorder and not pub.wait_for_subscriber(15.0, prefix=b"", stop=stop):
                 log.warning("no recorder subscribed after 15 s; publishing anyway")
         else:
             pub = Publisher(cfg.engine.output, sndhwm=cfg.engine.sndhwm, curve=cfg.curve_server())

@@ -14,6 +14,23 @@ import msgspec
 from .errors import ConfigError, RecordingStopped
 
 
+def disk_options(f: Any) -> Any:
+    """--split-size, --split-duration, --min-free: for `record` and for `run --record`."""
+    for opt in reversed(
+        [
+            click.option("--split-size", type=click.FloatRange(min=1.0), default=None,
+                         metavar="MB", help="Start a new part (NAME.000.mcap, ...) at this size."),
+            click.option("--split-duration", type=click.FloatRange(min=1.0), default=None,
+                         metavar="S", help="Start a new part after this many seconds."),
+            click.option("--min-free", type=click.FloatRange(min=0.0), default=64.0,
+                         show_default=True, metavar="MB",
+                         help="Stop, the file complete, while the disk has this much free."),
+        ]
+    ):  # fmt: skip
+        f = opt(f)
+    return f
+
+
 @click.command()
 @click.option(
     "--endpoint", "endpoints", multiple=True, required=True, help="Connect here (repeat)."
@@ -40,28 +57,7 @@ from .errors import ConfigError, RecordingStopped
     show_default=True,
     help="Hold at most this much for a disk that is behind; past it, drop (counted).",
 )
-@click.option(
-    "--split-size",
-    type=click.FloatRange(min=1.0),
-    default=None,
-    metavar="MB",
-    help="Start a new part (NAME.000.mcap, ...) at this size.",
-)
-@click.option(
-    "--split-duration",
-    type=click.FloatRange(min=1.0),
-    default=None,
-    metavar="S",
-    help="Start a new part after this many seconds.",
-)
-@click.option(
-    "--min-free",
-    type=click.FloatRange(min=0.0),
-    default=64.0,
-    show_default=True,
-    metavar="MB",
-    help="Stop, the file complete, while the disk has this much free.",
-)
+@disk_options
 @click.option("--json", "as_json", is_flag=True)
 def record(
     endpoints: tuple[str, ...],

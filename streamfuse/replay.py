@@ -131,8 +131,11 @@ def replay_live(
     try:
         if wait_for_subscriber > 0:
             for topic, pub in by_topic.items():
-                if not pub.wait_for_subscriber(
-                    wait_for_subscriber, topic=topic.encode(), count=readers
+                if (
+                    not pub.wait_for_subscriber(
+                        wait_for_subscriber, topic=topic.encode(), count=readers, stop=stop
+                    )
+                    and not stop.is_set()
                 ):
                     log.warning(
                         "not %d reader(s) of %s after %.1f s", readers, topic, wait_for_subscriber

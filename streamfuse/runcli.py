@@ -12,6 +12,7 @@ import msgspec
 
 from .config import RunConfig, load_config
 from .messages import Classification
+from .recordcli import disk_options
 
 log = logging.getLogger("streamfuse")
 
@@ -71,28 +72,7 @@ def describe_summary(s: dict[str, Any]) -> str:
 @click.option("--until-eof", is_flag=True, help="Exit once file sources end and all is classified.")
 @click.option("--replay", default=None, help="An MCAP recording replaces the sensors.")
 @click.option("--record", default=None, help="Record sensors and results to this MCAP file.")
-@click.option(
-    "--split-size",
-    type=click.FloatRange(min=1.0),
-    default=None,
-    metavar="MB",
-    help="--record: a new part (NAME.000.mcap, ...) at this size.",
-)
-@click.option(
-    "--split-duration",
-    type=click.FloatRange(min=1.0),
-    default=None,
-    metavar="S",
-    help="--record: a new part after this many seconds.",
-)
-@click.option(
-    "--min-free",
-    type=click.FloatRange(min=0.0),
-    default=64.0,
-    show_default=True,
-    metavar="MB",
-    help="--record: stop recording while the disk has this much free.",
-)
+@disk_options
 def run(
     config_path: str | None,
     camera: str | None,

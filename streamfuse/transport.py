@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -239,12 +240,14 @@ class Publisher:
         *,
         count: int = 1,
         prefix: bytes | None = None,
+        stop: threading.Event | None = None,
     ) -> bool:
         """Block until ``count`` subscriptions (each reader's, counted apart) that match
         ``topic`` if given have arrived; with ``prefix``, until one of exactly that prefix
-        has (``b""``: a reader of everything, such as a recorder)."""
+        has (``b""``: a reader of everything, such as a recorder). False after ``timeout``
+        or once ``stop`` is set (a SIGTERM while waiting)."""
         deadline = time.monotonic() + timeout
-        while True:
+        while stop is None or not stop.is_set():
             self.poll_subscriptions()
             if prefix is not None:
                 if self._subscriptions[prefix] > 0:
@@ -262,6 +265,7 @@ class Publisher:
             if remaining <= 0:
                 return False
             self._sock.poll(int(min(remaining, 0.05) * 1000))
+        return False
 
     @property
     def auth_refused(self) -> int:

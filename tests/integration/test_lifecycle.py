@@ -56,9 +56,13 @@ def test_run_prints_a_summary_and_leaves_nothing_behind(
     sup = children.streamfuse("run", "--config", str(path), env={"TMPDIR": str(tmp)})
     pids = _child_pids(cfg["http"]["port"])
     (run_dir,) = tmp.glob("streamfuse-*")
+    # (healthy is the engine heartbeating; the camera publishes once all its readers are in)
+    deadline = time.monotonic() + 20
+    while not _segments_of(pids):
+        assert time.monotonic() < deadline, "the camera's frames should be in shared memory"
+        time.sleep(0.1)
     sockets = {p.name for p in run_dir.iterdir() if p.is_socket()}
     assert sockets == {"video-front", "audio-mic0", "results"}  # results: the engines publish there
-    assert _segments_of(pids), "the camera's frames should be in shared memory"
     time.sleep(1.5)  # let a few windows be classified, so the counts are not all zero
     sup.send_signal(signum)
     _, err = sup.communicate(timeout=30)

@@ -110,82 +110,29 @@ def test_live_replay_through_the_daemon_gives_the_golden_labels(tmp_path: Path) 
     assert not any(r["degraded"] for r in live)
 
 
-def test_a_slow_disk_costs_the_recorder_memory_not_frames(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Frames arrive through shared memory, whose slots a live publisher reuses: the recorder
-    must take each frame out of its slot as it arrives, even while its disk stalls."""
-    import numpy as np
-
+@pytest.fixture
+def stalled_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder's writes take 50 ms each: a disk that takes 20 frames/s (a fake of the
+    disk's speed only; the files, sockets and shared memory are real)."""
     from streamfuse import record as rec_mod
-    from streamfuse.messages import VideoFrame
-    from streamfuse.transport import Publisher
 
     real_write = rec_mod.Recorder.write
 
     def stalled_write(self: Any, *args: Any, **kwargs: Any) -> None:
-        time.sleep(0.05)  # a disk that takes 20 frames/s, a fifth of what arrives
+        time.sleep(0.05)
         real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(rec_mod.Recorder, "write", stalled_write)
-    endpoint = f"ipc://{tmp_path}/cam"
-    out = tmp_path / "slow.mcap"
-    stop = threading.Event()
-    summary: list[Any] = []
-    rec = threading.Thread(
-        target=lambda: summary.append(
-            rec_mod.record([endpoint], ["video/"], out, stop, compression="none")
-        )
-    )
-    rng = np.random.default_rng(0)
-    with Publisher(endpoint, shm_slots=8) as pub:  # live: reuses slots, never waits
-        rec.start()
-        assert pub.wait_for_subscriber(10, b"video/front")
-        for i in range(60):  # ~100 frames/s of 230 KB
-            img = rng.integers(0, 255, (240, 320, 3), np.uint8)
-            pub.send("video/front", VideoFrame(stream="front", seq=i, t_capture=i + 1,
-                                               width=320, height=240), img)  # fmt: skip
-            time.sleep(0.01)
-        time.sleep(0.2)
-        stop.set()
-        rec.join(60)
-    assert summary and summary[0].written.get("video/front") == 60, summary
-    assert not summary[0].lost and not summary[0].rejected
-    got = read_recording(out)
-    assert [m.envelope().header.seq for m in got.messages if m.topic == "video/front"] == list(
-        range(60)
-    )
 
 
-def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The backlog for a slow disk is bounded (``max_backlog``): past it, what arrives is
-    dropped and counted per topic, never the box's memory taken; what was queued is all
-    written, in order, and written + overflow accounts for every frame sent."""
+def _send_60_frames(endpoint: str, rec: threading.Thread, stop: threading.Event) -> None:
+    """Start ``rec`` (a recorder of ``endpoint``), send it 60 frames of 230 KB at ~100/s from
+    a live publisher (it reuses its 8 shared-memory slots, never waits), then stop it."""
     import numpy as np
 
-    from streamfuse import record as rec_mod
     from streamfuse.messages import VideoFrame
     from streamfuse.transport import Publisher
 
-    real_write = rec_mod.Recorder.write
-
-    def stalled_write(self: Any, *args: Any, **kwargs: Any) -> None:
-        time.sleep(0.05)  # 20 frames/s, a fifth of what arrives
-        real_write(self, *args, **kwargs)
-
-    monkeypatch.setattr(rec_mod.Recorder, "write", stalled_write)
-    endpoint = f"ipc://{tmp_path}/cam"
-    out = tmp_path / "slow.mcap"
-    stop = threading.Event()
-    limit = 5 * 240 * 320 * 3  # five frames
-    summary: list[Any] = []
-    rec = threading.Thread(
-        target=lambda: summary.append(
-            rec_mod.record([endpoint], ["video/"], out, stop, compression="none", max_backlog=limit)
-        )
-    )
     rng = np.random.default_rng(0)
     with Publisher(endpoint, shm_slots=8) as pub:
         rec.start()
@@ -198,6 +145,52 @@ def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(
         time.sleep(0.2)
         stop.set()
         rec.join(60)
+
+
+@pytest.mark.usefixtures("stalled_disk")
+def test_a_slow_disk_costs_the_recorder_memory_not_frames(tmp_path: Path) -> None:
+    """Frames arrive through shared memory, whose slots a live publisher reuses: the recorder
+    must take each frame out of its slot as it arrives, even while its disk stalls."""
+
+    from streamfuse import record as rec_mod
+
+    endpoint = f"ipc://{tmp_path}/cam"
+    out = tmp_path / "slow.mcap"
+    stop = threading.Event()
+    summary: list[Any] = []
+    rec = threading.Thread(
+        target=lambda: summary.append(
+            rec_mod.record([endpoint], ["video/"], out, stop, compression="none")
+        )
+    )
+    _send_60_frames(endpoint, rec, stop)
+    assert summary and summary[0].written.get("video/front") == 60, summary
+    assert not summary[0].lost and not summary[0].rejected
+    got = read_recording(out)
+    assert [m.envelope().header.seq for m in got.messages if m.topic == "video/front"] == list(
+        range(60)
+    )
+
+
+@pytest.mark.usefixtures("stalled_disk")
+def test_a_disk_too_slow_for_too_long_fills_the_backlog_then_drops_counted(tmp_path: Path) -> None:
+    """The backlog for a slow disk is bounded (``max_backlog``): past it, what arrives is
+    dropped and counted per topic, never the box's memory taken; what was queued is all
+    written, in order, and written + overflow accounts for every frame sent."""
+
+    from streamfuse import record as rec_mod
+
+    endpoint = f"ipc://{tmp_path}/cam"
+    out = tmp_path / "slow.mcap"
+    stop = threading.Event()
+    limit = 5 * 240 * 320 * 3  # five frames
+    summary: list[Any] = []
+    rec = threading.Thread(
+        target=lambda: summary.append(
+            rec_mod.record([endpoint], ["video/"], out, stop, compression="none", max_backlog=limit)
+        )
+    )
+    _send_60_frames(endpoint, rec, stop)
     (s,) = summary
     written, over = s.written.get("video/front", 0), s.overflow.get("video/front", 0)
     assert over > 0 and written + over == 60, s
