@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 STABLE_S = 30.0
+STANDBY_DELAY_S = 5.0
+"""After a takeover, the new standby starts this much later (or the restart delay)."""
 HEALTHY_S = 3.0
 
 
@@ -554,7 +556,9 @@ class Supervisor:
         engine.proc, engine.last_pid, engine.started_at = standby.proc, standby.proc.pid, now
         engine.restarts += 1
         standby.proc = None
-        standby.restart_at = now + self.cfg.restart_backoff_s[0]  # a new one, once this is up
+        # A new one once this one has settled: loading a model takes a core for ~1 s, which
+        # on a small box would starve the engine just when it catches up on its backlog.
+        standby.restart_at = now + max(self.cfg.restart_backoff_s[0], STANDBY_DELAY_S)
         log.warning(
             "engine exited with status %d; the standby (pid %d) took over", rc, engine.last_pid
         )

@@ -32,7 +32,7 @@ from streamfuse.record import ENCODING, pack_frames, read_recording, unpack_fram
 from streamfuse.testing import assert_matches_golden, run_recording
 
 from ..conftest import Children, require_system, require_tool
-from .helpers import free_port, run_cli
+from .helpers import free_port, http_json, run_cli, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(180)]
 
@@ -220,7 +220,16 @@ def load_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sup = subprocess.Popen(
         [*argv, "--record", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(9)  # the recording's length
+    # the cameras publish once every reader (engine, standby, recorder) is in: from then on
+    wait_healthy(cfg["http"]["port"])
+    deadline = time.monotonic() + 60
+    while not all(
+        http_json(cfg["http"]["port"], "/healthz")[1]["sources"][t]["received"] > 0
+        for t in ("video/left", "video/right")
+    ):
+        assert time.monotonic() < deadline, "the cameras did not start"
+        time.sleep(0.1)
+    time.sleep(7)  # the recording's length
     sup.send_signal(signal.SIGTERM)
     _, err = sup.communicate(timeout=30)
     assert sup.returncode == 0, err
