@@ -12,7 +12,7 @@
   ``engine.standby`` a second engine, its model loaded, follows the sensors without
   classifying; when the engine exits (or is killed as hung) the standby takes over at once,
   classifies the windows the dead one had not, and goes on with its result sequence; a new
-  standby starts after the restart delay.
+  standby starts 5 s later.
 - SIGTERM/SIGINT stop the sensors first, then the engine; a child that has not exited after
   5 s is killed. Children get PR_SET_PDEATHSIG, so even a killed supervisor leaves none.
 - File sources of one session share a start epoch, so a video and a wav of the same
