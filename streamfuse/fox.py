@@ -50,7 +50,8 @@ __all__ = [
     "label_overlay",
     "layout",
     "schema_of",
-    "timestamp",
+    "stamp",
+    "wall_ns",
 ]
 
 
@@ -71,15 +72,14 @@ def schema_of(kind: type[Any]) -> Schema:
     return kind.get_schema()
 
 
-def timestamp(header: Any, realtime_minus_monotonic: int) -> Timestamp:
-    """A header's capture time on the wall clock (its own ``t_wall`` if it has one)."""
-    t = header.t_wall or header.t_capture + realtime_minus_monotonic
-    sec, nsec = divmod(max(0, t), 1_000_000_000)
-    return Timestamp(sec=sec, nsec=nsec)
-
-
 def wall_ns(header: Any, realtime_minus_monotonic: int) -> int:
+    """A header's capture time on the wall clock (its own ``t_wall`` if it has one)."""
     return max(0, header.t_wall or header.t_capture + realtime_minus_monotonic)
+
+
+def stamp(ns: int) -> Timestamp:
+    sec, nsec = divmod(max(0, ns), 1_000_000_000)
+    return Timestamp(sec=sec, nsec=nsec)
 
 
 def jpeg(header: VideoFrame, payload: Any, quality: int = 75) -> bytes | None:
@@ -106,7 +106,7 @@ def compressed_image(
     if data is None:
         return None
     return CompressedImage(
-        timestamp=timestamp(header, realtime_minus_monotonic),
+        timestamp=stamp(wall_ns(header, realtime_minus_monotonic)),
         frame_id=header.stream,
         data=data,
         format="jpeg",
@@ -138,12 +138,9 @@ class AudioBlocks:
         x = x[start:]
         if x.dtype != np.int16:
             x = np.clip(np.nan_to_num(x.astype(np.float32)) * 32767.0, -32768, 32767)
-        t0 = header.t_capture + start * 1_000_000_000 // header.sample_rate
-        first = msgspec.structs.replace(header, t_capture=t0, t_wall=0)
-        if header.t_wall:
-            first = msgspec.structs.replace(first, t_wall=header.t_wall + (t0 - header.t_capture))
+        skipped = start * 1_000_000_000 // header.sample_rate  # (already sent)
         return RawAudio(
-            timestamp=timestamp(first, realtime_minus_monotonic),
+            timestamp=stamp(wall_ns(header, realtime_minus_monotonic) + skipped),
             data=np.ascontiguousarray(x.astype("<i2")).tobytes(),
             format="pcm-s16",
             sample_rate=header.sample_rate,
@@ -157,15 +154,12 @@ def label_overlay(c: Classification, realtime_minus_monotonic: int) -> ImageAnno
     frame = next((i for i in c.inputs if i.stream.startswith("video/")), None)
     if frame is None:
         return None
-    t = frame.t0 + realtime_minus_monotonic
-    sec, nsec = divmod(max(0, t), 1_000_000_000)
-    stamp = Timestamp(sec=sec, nsec=nsec)
     color = Color(r=1.0, g=0.6, b=0.0, a=1.0) if c.degraded else Color(r=0.1, g=1.0, b=0.3, a=1.0)
     text = f"{c.label} {c.score:.2f}" + (" (degraded)" if c.degraded else "")
     return ImageAnnotations(
         texts=[
             TextAnnotation(
-                timestamp=stamp,
+                timestamp=stamp(frame.t0 + realtime_minus_monotonic),
                 position=Point2(x=8.0, y=40.0),
                 text=text,
                 font_size=32.0,
@@ -174,10 +168,6 @@ def label_overlay(c: Classification, realtime_minus_monotonic: int) -> ImageAnno
             )
         ]
     )
-
-
-def classification_json(c: Classification) -> bytes:
-    return msgspec.json.encode(c)
 
 
 def classification_doc(c: Classification) -> dict[str, Any]:

@@ -178,3 +178,31 @@ def test_a_stalled_foxglove_client_slows_nothing(tmp_path: Path, children: Child
     assert len(during) >= 1.6 * len(before) > 0, (len(before), len(during))
     assert float(np.median(during)) < 3 * float(np.median(before)) + 20, (before, during)
     children.stop(sup)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("nope", "error: --foxglove: 'nope': give [HOST:]PORT"),
+        ("127.0.0.1:", "error: --foxglove: '127.0.0.1:': give [HOST:]PORT"),
+        ("99999", "error: foxglove.port in "),
+        ("taken", "error: foxglove.port: tcp://127.0.0.1:{port}: the port is in use"),
+    ],
+)
+def test_a_bad_foxglove_address_is_one_line_before_anything_starts(
+    value: str, expected: str, tmp_path: Path
+) -> None:
+    import socket
+
+    from .helpers import run_cli
+
+    path, _ = write_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        arg = str(port) if value == "taken" else value
+        res = run_cli("run", "--config", str(path), "--foxglove", arg, timeout=30)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(expected.format(port=port)), line
