@@ -108,8 +108,8 @@ def main() -> None:
             continue
         backend = open_backend(name, model, BackendOptions(max_batch=8, **opts))
         for batch in (1, 4, 8):
-            image, audio = model.example_inputs(batch)
-            lat = timed(lambda b=backend, i=image, a=audio: b.infer(i, a), args.iters)
+            feeds = model.example_inputs(batch)
+            lat = timed(lambda b=backend, f=feeds: b.infer(f), args.iters)
             p50 = statistics.median(lat)
             rows.append((batch, label, p50, float(np.percentile(lat, 99)), batch * 1000 / p50))
             print(

@@ -1,7 +1,8 @@
 """One interface over the inference runtimes: TensorRT, torch (CPU/CUDA), ONNX Runtime.
 
-A model is an ONNX file whose metadata holds its input contract (written by
-``streamfuse export``); :class:`ModelInfo` reads it. A backend loads a model, warms up,
+A model is an ONNX file whose metadata holds its contract (:mod:`streamfuse.contract`,
+written by ``streamfuse export`` or ``streamfuse model annotate``); :class:`ModelInfo` reads
+it and checks it against the graph. A backend loads a model, warms up,
 infers a batch, and says which device and precision it runs on. Backends are plugins found
 through the ``streamfuse.backends`` entry-point group, so a third party adds one by
 declaring it; :func:`open_backend` with ``"auto"`` picks the best one this machine can run
@@ -20,12 +21,22 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
+from .contract import (
+    AudioSpec,
+    Contract,
+    ImageSpec,
+    audio_rank,
+    check_graph,
+    from_legacy,
+    graph_tensors,
+)
 from .errors import BackendError, ConfigError
 
 __all__ = [
     "AUTO_ORDER",
     "Backend",
     "BackendOptions",
+    "Inputs",
     "ModelInfo",
     "Outputs",
     "available_backends",
@@ -36,8 +47,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp64", "fp32", "fp16", "int8"]
-#: output name -> (batch, n_labels) float32 probabilities
+#: output name -> (batch, n_labels) float32, as the graph gives them (logits or probabilities)
 Outputs = dict[str, np.ndarray]
+#: graph input name -> (batch, ...) array of the contract's dtype
+Inputs = dict[str, np.ndarray]
 
 #: What ``auto`` tries, best first: (backend, device).
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
@@ -55,17 +68,17 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """An exported model and the input contract stored in its metadata."""
+    """An ONNX model and its contract (:mod:`streamfuse.contract`), checked against the graph."""
 
     path: Path
-    labels: tuple[str, ...]
-    image: dict[str, Any]
-    """``input``, ``shape`` [C, H, W], ``dtype``, ``range``, ``color``, ``from_frame``."""
-    audio: dict[str, Any]
-    """``input``, ``sample_rate``, ``samples``, ``channels``, ``dtype``, ``range``."""
-    outputs: tuple[str, ...]
+    contract: Contract
     sha256: str
+    input_shapes: dict[str, tuple[int, ...]]
+    """Graph input -> one sample's shape (no batch axis), as the preprocessor makes it."""
+    batch_limit: int | None = None
+    """1 where the graph fixes its batch at 1; None: dynamic."""
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Every ``streamfuse.*`` metadata entry (JSON values decoded), the contract included."""
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ModelInfo:
@@ -83,13 +96,6 @@ class ModelInfo:
         if not proto.graph.node:  # protobuf parses an empty file as an empty model
             raise ConfigError("model", f"{p} is not a readable ONNX model: it has no graph")
         props = {e.key: e.value for e in proto.metadata_props}
-        need = ("streamfuse.labels", "streamfuse.image", "streamfuse.audio", "streamfuse.outputs")
-        missing = [k for k in need if k not in props]
-        if missing:
-            raise ConfigError(
-                "model",
-                f"{p} lacks streamfuse metadata {missing}; export it with `streamfuse export`",
-            )
         try:
             meta = {
                 k.removeprefix("streamfuse."): json.loads(v) if v[:1] in "[{" else v
@@ -98,31 +104,79 @@ class ModelInfo:
             }
         except json.JSONDecodeError as exc:
             raise ConfigError("model", f"{p} has malformed streamfuse metadata: {exc}") from None
-        return cls(
-            path=p,
-            labels=tuple(meta["labels"]),
-            image=dict(meta["image"]),
-            audio=dict(meta["audio"]),
-            outputs=tuple(meta["outputs"]),
-            sha256=hashlib.sha256(raw).hexdigest(),
-            metadata=meta,
-        )
+        return cls.from_proto(p, proto, meta, hashlib.sha256(raw).hexdigest())
+
+    @classmethod
+    def from_proto(cls, p: Path, proto: Any, meta: dict[str, Any], sha: str) -> ModelInfo:
+        if "contract" in meta:
+            contract = Contract.parse(meta["contract"], where=f"model {p}: contract")
+        elif all(k in meta for k in ("labels", "image", "audio", "outputs")):
+            contract = from_legacy(meta)
+        else:
+            raise ConfigError(
+                "model",
+                f"{p} has no streamfuse contract in its metadata; give it one with "
+                "`streamfuse model annotate` (docs/models.md)",
+            )
+        try:
+            contract = check_graph(contract, proto)
+        except ConfigError as err:
+            raise ConfigError(err.field, f"{err.problem} (model {p})") from None
+        shapes: dict[str, tuple[int, ...]] = {}
+        if contract.image is not None:
+            shapes[contract.image.input] = contract.image.shape()
+        if contract.audio is not None:
+            shapes[contract.audio.input] = audio_shape(
+                contract.audio, audio_rank(contract.audio, proto)
+            )
+        ins, _ = graph_tensors(proto)
+        fixed = any(t.shape and t.shape[0] == 1 for t in ins)
+        return cls(p, contract, sha, shapes, 1 if fixed else None, meta)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.image["shape"]
-        return int(c), int(h), int(w)
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.contract.labels)
 
     @property
-    def audio_samples(self) -> int:
-        return int(self.audio["samples"])
+    def image(self) -> ImageSpec | None:
+        return self.contract.image
 
-    def example_inputs(self, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Fixed inputs of the contract's shapes (for warm-up, parity tests, benchmarks)."""
+    @property
+    def audio(self) -> AudioSpec | None:
+        return self.contract.audio
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The graph outputs the engine reads: fused, then the image and audio heads."""
+        return tuple(self.contract.output_names())
+
+    def input_dtype(self, name: str) -> np.dtype[Any]:
+        spec = self.image if self.image is not None and self.image.input == name else self.audio
+        assert spec is not None
+        return np.dtype(spec.dtype)
+
+    def example_inputs(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Fixed inputs of the contract's shapes and dtypes (warm-up, parity, benchmarks)."""
         rng = np.random.default_rng(seed)
-        image = rng.random((batch, *self.image_shape), dtype=np.float32)
-        audio = (rng.standard_normal((batch, self.audio_samples)) * 0.1).astype(np.float32)
-        return image, audio
+        feeds = {}
+        for name, shape in self.input_shapes.items():
+            dtype = self.input_dtype(name)
+            if dtype == np.uint8:
+                feeds[name] = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+            elif self.image is not None and name == self.image.input:
+                feeds[name] = rng.random((batch, *shape), dtype=np.float32).astype(dtype)
+            else:
+                feeds[name] = (rng.standard_normal((batch, *shape)) * 0.1).astype(dtype)
+        return feeds
+
+
+def audio_shape(au: AudioSpec, rank: int) -> tuple[int, ...]:
+    """One sample's audio input shape for a graph input of ``rank`` (batch included)."""
+    if au.features == "pcm":
+        return (au.channels, au.samples) if au.channels > 1 else (au.samples,)
+    mel = au.mel()
+    one = (mel.n_mels, mel.frames(au.samples))
+    return (au.channels, *one) if rank == 4 else one
 
 
 @dataclass(frozen=True)
@@ -168,8 +222,9 @@ class Backend(Protocol):
         """Run every batch size the backend will see, so the first real call is not slow."""
         ...
 
-    def infer(self, image: np.ndarray, audio: np.ndarray) -> Outputs:
-        """``image`` (B, C, H, W) float32, ``audio`` (B, N) float32, B <= max_batch."""
+    def infer(self, inputs: Inputs) -> Outputs:
+        """One batch: every graph input of the contract by name, (B, ...) with B <=
+        max_batch; returns at least the contract's outputs."""
         ...
 
     def close(self) -> None: ...
@@ -258,6 +313,9 @@ def open_backend(
     reason = cls.unavailable(options.device)
     if reason is not None:
         raise BackendError(name, f"cannot run on {options.device}: {reason}")
+    if model.batch_limit is not None and options.max_batch > model.batch_limit:
+        log.info("model %s takes batches of %d: max_batch lowered", model.path, model.batch_limit)
+        options = replace(options, max_batch=model.batch_limit)
     backend: Backend = cls(model, options)
     backend.warmup()
     log.info(

@@ -448,7 +448,7 @@ def devices(as_json: bool) -> None:
 
 
 def _add_model_commands() -> None:
-    from .modelcli import backends, build_engine, evaluate, export, train
+    from .modelcli import backends, build_engine, evaluate, export, model_group, train
     from .recordcli import record, recover, replay
     from .runcli import (
         config_group,
@@ -475,6 +475,7 @@ def _add_model_commands() -> None:
     main.add_command(train)
     main.add_command(evaluate)
     main.add_command(export)
+    main.add_command(model_group)
 
 
 _add_model_commands()

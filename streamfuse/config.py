@@ -350,10 +350,14 @@ class RunConfig(_Section):
             return sensor.endpoint
         return self.endpoint(topic)
 
-    def sync_config(self) -> SyncConfig:
+    def sync_config(self, k: int = 1) -> SyncConfig:
+        """``k``: frames per window a temporal model takes (the ``k-frames`` policy); 1:
+        the policy's own default."""
+        extra: dict[str, Any] = {"k": k} if k > 1 else {}
         return SyncConfig(
             cameras=tuple(self.camera_topic(c) for c in self.cameras),
             policy=self.sync.policy,
+            **extra,
             tolerance=int(self.sync.tolerance_ms * MS),
             max_wait=int(self.sync.max_wait_ms * MS),
             offsets={k: int(v * MS) for k, v in self.sync.offsets_ms.items()},

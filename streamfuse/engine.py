@@ -21,6 +21,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 from .backend import Backend, BackendOptions, ModelInfo, open_backend
 from .clock import clock_state, local_offset_ns, to_local
 from .config import RunConfig
+from .errors import ConfigError
 from .messages import AudioWindow, Classification, Envelope, Heartbeat, InputRef, VideoFrame
 from .preprocess import Preprocessor
 from .sync import Bundle, Synchronizer
@@ -41,6 +43,8 @@ HELD_FRAMES = 48
 """Per camera: the latest frames kept as shared-memory views (1.6 s at 30 fps; a camera's
 ring has 64 slots, so it never has to reuse a held one while the engine keeps up)."""
 RESULT_PREFIX = "result/"
+RELOAD = threading.Event()
+"""Set (by the engine process's SIGHUP handler) to make the model watch look now."""
 TICK_S = 0.005
 RELAY_HWM = 10_000
 STANDBY_TICK_S = 0.05
@@ -81,7 +85,7 @@ class Standby:
             try:
                 handover = json.loads(rest or b"{}")
                 self.after = int(handover.get("after", -1))
-                self.seq = {f"video/{k}": int(v) for k, v in handover.get("seq", {}).items()}
+                self.seq = {str(k): int(v) for k, v in handover.get("seq", {}).items()}
             except (ValueError, TypeError, AttributeError) as exc:
                 log.warning("standby: handover %r not understood (%s); taking over", rest, exc)
             self.go.set()
@@ -92,14 +96,21 @@ class Standby:
 @dataclass
 class _Sample:
     camera: str
-    """Camera topic."""
+    """Camera topic (the microphone's, for an audio-only model)."""
     frame: Envelope | None
+    """The frame nearest the window's centre (K frames: the middle one of ``frames``)."""
     audio: Envelope | None
     t_latest: int
     arrived: int
     pushed: int
     decided: int
     missing: list[str]
+    frames: tuple[Envelope, ...] = ()
+    """The K frames a temporal model takes (``k-frames`` policy), oldest first."""
+
+    @property
+    def stream(self) -> str:
+        return self.camera.partition("/")[2]
 
 
 @dataclass
@@ -108,6 +119,7 @@ class EngineStats:
     batches: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
+    model_swaps: int = 0
 
 
 class Engine:
@@ -118,18 +130,13 @@ class Engine:
         self.virtual = virtual
         """Lockstep: time is what the caller passes in; no wall clock is read."""
         self.model = ModelInfo.load(cfg.engine.model)
+        self.frames = self.model.image.frames if self.model.image is not None else 1
+        fits(self.model, cfg, self.frames)
         if backend is None:
-            e = cfg.engine
-            options = BackendOptions(
-                device=e.device or "cpu",
-                precision=e.precision,
-                max_batch=e.max_batch,
-                threads=e.threads,
-            )
-            backend = open_backend(e.backend, self.model, options)
+            backend = open_backend(cfg.engine.backend, self.model, backend_options(cfg))
         self.backend = backend
         self.pre = Preprocessor(self.model)
-        self.sync = Synchronizer(cfg.sync_config())
+        self.sync = Synchronizer(cfg.sync_config(k=self.frames))
         self.cameras = [cfg.camera_topic(c) for c in cfg.cameras]
         self.mic = cfg.mic_topic
         self.stats = EngineStats()
@@ -141,6 +148,7 @@ class Engine:
         self._ended: set[str] = set()
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
         self._sha = self.model.sha256[:12]
+        self._watch: ModelWatch | None = None
         self._output: Publisher | None = None
         self._intact: Callable[[Envelope], bool] = lambda env: True  # (replayed: copies)
         # Sources on other boxes: their times mapped through t_wall (streamfuse.clock).
@@ -157,6 +165,17 @@ class Engine:
         self.clock_offsets: dict[str, int] = {}
         """Per source on another box: its t_capture minus ours for the same instant."""
         self._labels = self.model.labels
+
+    def swap(self, model: ModelInfo, backend: Backend) -> None:
+        """Serve ``model`` on ``backend`` from the next batch on (both loaded and warm)."""
+        old = self.backend
+        self.model, self.backend, self.pre = model, backend, Preprocessor(model)
+        self._labels = model.labels
+        self._sha = model.sha256[:12]
+        self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
+        self.stats.model_swaps += 1
+        old.close()
+        log.info("model %s (%s) now serving on %s", model.path, self._sha, self._tag)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -201,6 +220,7 @@ class Engine:
         self._intact = sub.intact
         hb_topic = heartbeat_topic(RESULT_PREFIX)
         ended = "stopped"
+        watch = self._watch = ModelWatch(self)
         try:
             backlog = [] if standby is None else self._stand_by(sub, stop, standby)
             if stop.is_set():
@@ -222,6 +242,7 @@ class Engine:
             while not stop.is_set():
                 env = sub.recv(timeout=TICK_S)
                 now = time.monotonic_ns()
+                watch.poll(now)  # a new model, loaded and warm: served from here
                 try:
                     samples = self.tick(now) if env is None else self.handle(env, now)
                     for msg in self.classify(samples):
@@ -244,6 +265,8 @@ class Engine:
         finally:
             sub.close()
             pub.close()
+            if self._watch is not None:
+                self._watch.close()
             self.backend.close()
         return ended
 
@@ -260,6 +283,8 @@ class Engine:
         while not stop.is_set() and not standby.go.is_set():
             env = sub.recv(timeout=STANDBY_TICK_S)
             now = time.monotonic_ns()
+            if self._watch is not None:
+                self._watch.poll(now)  # (a standby follows the model file too)
             try:
                 samples = self.tick(now) if env is None else self.handle(env, now)
             except Exception as exc:
@@ -358,6 +383,10 @@ class Engine:
         assert audio is not None and isinstance(audio.header, AudioWindow)
         a_topic = audio.topic.decode()
         a_arr, a_push = self._arrivals.pop((a_topic, audio.header.seq), (b.emitted_at,) * 2)
+        if self.model.image is None:  # an audio-only model: one sample per window
+            return [
+                _Sample(self.mic, None, audio, audio.header.t_end, a_arr, a_push, b.emitted_at, [])
+            ]
         for cam in self.cameras:
             frames = b.frames.get(cam, ())
             frame = frames[len(frames) // 2] if frames else None
@@ -368,8 +397,13 @@ class Engine:
                     latest, arrived, pushed = frame.header.t_capture, f_arr, f_push
                 if f_push > pushed:  # the bundle could not leave before its later input
                     arrived, pushed = f_arr, f_push
+            missing = list(b.missing)
+            if self.frames > 1 and frame is not None and len(frames) < self.frames:
+                missing.append(cam)  # fewer frames than the model takes: blanked
             out.append(
-                _Sample(cam, frame, audio, latest, arrived, pushed, b.emitted_at, list(b.missing))
+                _Sample(
+                    cam, frame, audio, latest, arrived, pushed, b.emitted_at, missing, tuple(frames)
+                )
             )
         return out
 
@@ -379,7 +413,7 @@ class Engine:
         hop_ns = int(self.cfg.mic.hop_ms * 1e6)
         if now - self._last_audio_ns < silent_ns or now - self._last_camera_only < hop_ns:
             return []
-        if self.mic in self._ended:
+        if self.mic in self._ended or self.model.image is None:
             return []
         self._last_camera_only = now
         out = []
@@ -407,51 +441,59 @@ class Engine:
             return []
         clock = (lambda: 0) if self.virtual else time.monotonic_ns
         t0 = clock()
-        images, audios = [], []
-        audio_done: dict[int, np.ndarray] = {}  # one mic window serves every camera's sample
+        pre = self.pre
+        pixels, blank, pcm = [], [], []
+        pcm_done: dict[int, np.ndarray] = {}  # one mic window serves every camera's sample
         for s in samples:
-            try:
-                images.append(self.pre.image(s.frame) if s.frame else self.pre.blank_image())
-            except Exception as exc:  # a frame that cannot be decoded: blank it, say so
-                self._error("preprocess", f"{s.camera}: {exc}")
-                images.append(self.pre.blank_image())
-                s.missing.append(s.camera)
-            else:
-                if s.frame is not None and not self._intact(s.frame):  # read while reused
-                    self._error("overwritten", f"{s.camera}: its slot was reused before use")
-                    images[-1] = self.pre.blank_image()
-                    s.missing.append(s.camera)
-            if s.audio is None:
-                audios.append(self.pre.blank_audio())
-            else:
-                if id(s.audio) not in audio_done:
-                    audio_done[id(s.audio)] = self.pre.audio(s.audio)
-                audios.append(audio_done[id(s.audio)])
+            if pre.image is not None:
+                px, ok = self._pixels(s)
+                pixels.append(px)
+                blank.append(not ok)
+            if pre.audio is not None:
+                if s.audio is None:
+                    pcm.append(pre.blank_pcm())
+                    continue
+                if id(s.audio) not in pcm_done:
+                    try:
+                        pcm_done[id(s.audio)] = pre.audio.pcm(s.audio)
+                    except Exception as exc:  # a window the model cannot take: silence
+                        self._error("preprocess", f"{s.audio.topic.decode()}: {exc}")
+                        pcm_done[id(s.audio)] = pre.blank_pcm()
+                        s.missing.append(s.audio.topic.decode())
+                pcm.append(pcm_done[id(s.audio)])
+        try:
+            feeds = pre.inputs(pixels, blank, pcm)
+        except Exception as exc:
+            self._error("preprocess", f"batch of {len(samples)}: {exc}")
+            return []
         t1 = clock()
         try:
-            out = self.backend.infer(np.stack(images), np.stack(audios))
+            out = self.backend.infer(feeds)
         except Exception as exc:
             self._error("inference", f"batch of {len(samples)}: {exc}")
             return []
         t2 = clock()
         self.stats.batches += 1
-        probs, p_img, p_aud = (out[k] for k in self.model.outputs[:3])
+        heads = self.model.contract.outputs
+        probs = self._probs(out[heads.fused])
+        p_img = self._probs(out[heads.image]) if heads.image is not None else None
+        p_aud = self._probs(out[heads.audio]) if heads.audio is not None else None
         results = []
         for i, s in enumerate(samples):
             order = np.argsort(-probs[i], kind="stable")[:3]
             msg = Classification(
-                stream=s.camera.removeprefix("video/"),
-                seq=self._seq[s.camera],
+                stream=s.stream,
+                seq=self._seq[s.stream],
                 t_capture=s.t_latest,
                 t_wall=0 if self.virtual else time.time_ns(),
                 media_pos=_media(s.frame) if s.frame else _media(s.audio),
                 label=self._labels[order[0]],
                 score=float(probs[i, order[0]]),
                 topk=[(self._labels[j], float(probs[i, j])) for j in order],
-                image_label=self._labels[int(p_img[i].argmax())],
-                image_score=float(p_img[i].max()),
-                audio_label=self._labels[int(p_aud[i].argmax())],
-                audio_score=float(p_aud[i].max()),
+                image_label=None if p_img is None else self._labels[int(p_img[i].argmax())],
+                image_score=None if p_img is None else float(p_img[i].max()),
+                audio_label=None if p_aud is None else self._labels[int(p_aud[i].argmax())],
+                audio_score=None if p_aud is None else float(p_aud[i].max()),
                 degraded=bool(s.missing),
                 missing=sorted(set(s.missing)),
                 reasons={m: "clock_unsynced" for m in s.missing if m in self._unsynced},
@@ -469,10 +511,37 @@ class Engine:
                 "publish": 0 if self.virtual else t_pub - t2,
                 "total": t_pub - s.t_latest,
             }
-            self._seq[s.camera] += 1
+            self._seq[s.stream] += 1
             self.stats.published += 1
             results.append(msg)
         return results
+
+    def _pixels(self, s: _Sample) -> tuple[np.ndarray, bool]:
+        """The sample's frame(s) as the model's pixels; (blank, False) where there are none,
+        they do not decode, or their slot was reused before they were read."""
+        pre = self.pre
+        assert pre.image is not None
+        frames = s.frames if self.frames > 1 else (s.frame,) if s.frame is not None else ()
+        if s.frame is None or len(frames) < self.frames:
+            return pre.blank_pixels(), False
+        try:
+            px = [pre.image.pixels(f) for f in frames]
+        except Exception as exc:  # a frame that cannot be decoded: blank it, say so
+            self._error("preprocess", f"{s.camera}: {exc}")
+            s.missing.append(s.camera)
+            return pre.blank_pixels(), False
+        if not all(self._intact(f) for f in frames):  # read while reused
+            self._error("overwritten", f"{s.camera}: its slot was reused before use")
+            s.missing.append(s.camera)
+            return pre.blank_pixels(), False
+        return (np.stack(px) if self.frames > 1 else px[0]), True
+
+    def _probs(self, x: np.ndarray) -> np.ndarray:
+        if self.model.contract.output_kind == "probabilities":
+            return x
+        z = x.astype(np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
     # --- health -------------------------------------------------------------------------
 
@@ -522,6 +591,7 @@ class Engine:
                 if not t.startswith(b"heartbeat/")
             },
             clock_offsets_ns=dict(self.clock_offsets),
+            model_swaps=self.stats.model_swaps,
         )
 
 
@@ -541,3 +611,103 @@ def _ref(env: Envelope) -> InputRef:
         media_t0=m0,
         media_t1=None if m0 is None else m0 + (t1 - h.t_capture),
     )
+
+
+def backend_options(cfg: RunConfig) -> BackendOptions:
+    e = cfg.engine
+    return BackendOptions(
+        device=e.device or "cpu", precision=e.precision, max_batch=e.max_batch, threads=e.threads
+    )
+
+
+def fits(model: ModelInfo, cfg: RunConfig, k: int) -> None:
+    """Raise ConfigError where ``model`` cannot serve ``cfg``'s sensors (a synchronizer
+    pairing ``k`` frames per window)."""
+    frames = model.image.frames if model.image is not None else 1
+    if frames > 1 and cfg.sync.policy != "k-frames":
+        raise ConfigError(
+            "sync.policy", f"model {model.path} takes {frames} frames a sample: use k-frames"
+        )
+    if frames != k and (frames > 1 or k > 1):
+        raise ConfigError(
+            "contract image.frames",
+            f"model {model.path} takes {frames} frames a sample; the engine pairs {k}",
+        )
+
+
+class ModelWatch:
+    """Hot swap: a changed ``engine.model`` file (or SIGHUP) is loaded and warmed in a thread
+    beside the serving model; :meth:`poll`, called by the loop between batches, swaps it in.
+    A model that does not load, or does not fit the sensors, is counted
+    (``model_swap_failed``) and the serving model goes on."""
+
+    CHECK_NS = 500_000_000
+
+    def __init__(self, engine: Engine) -> None:
+        from .backend import default_model_path
+
+        self.engine = engine
+        cfg = engine.cfg
+        self.path = Path(cfg.engine.model) if cfg.engine.model else default_model_path()
+        self._seen = _signature(self.path)
+        self._pending: tuple[int, int, int] | None = None
+        self._checked = 0
+        self.requested = RELOAD
+        self._ready: tuple[ModelInfo, Backend] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def poll(self, now: int) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            self.engine.swap(*ready)
+        if self._thread is not None and self._thread.is_alive():
+            return
+        forced = self.requested.is_set()
+        if not forced and now - self._checked < self.CHECK_NS:
+            return
+        self._checked = now
+        sig = _signature(self.path)
+        if forced:
+            self.requested.clear()
+        elif sig == self._seen:
+            self._pending = None
+            return
+        elif sig != self._pending:  # changed: load once it has stayed so for one check
+            self._pending = sig
+            return
+        self._seen, self._pending = sig, None
+        self._thread = threading.Thread(target=self._load, name="model-load", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        engine = self.engine
+        try:
+            model = ModelInfo.load(self.path)
+            if model.sha256 == engine.model.sha256:
+                return
+            fits(model, engine.cfg, engine.frames)
+            Preprocessor(model)  # (raises if its contract cannot be fed)
+            backend = open_backend(engine.cfg.engine.backend, model, backend_options(engine.cfg))
+        except Exception as exc:
+            engine._error("model_swap_failed", f"model {self.path} not swapped in: {exc}")
+            return
+        with self._lock:
+            self._ready = (model, backend)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            if self._ready is not None:
+                self._ready[1].close()
+                self._ready = None
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

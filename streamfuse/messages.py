@@ -141,11 +141,12 @@ class Classification(_Header, kw_only=True, tag="classification"):
     topk: Annotated[list[tuple[Label, Probability]], msgspec.Meta(max_length=1024)] = msgspec.field(
         default_factory=list
     )
-    image_label: Label = ""
-    """What the image branch alone says, with its confidence."""
-    image_score: Probability = 0.0
-    audio_label: Label = ""
-    audio_score: Probability = 0.0
+    image_label: Label | None = None
+    """What the image head alone says, with its confidence (null: the model has none)."""
+    image_score: Probability | None = None
+    audio_label: Label | None = None
+    """What the audio head alone says (null: the model has none)."""
+    audio_score: Probability | None = None
     degraded: bool = False
     """True when an input was missing (blanked); ``missing`` names it."""
     missing: Annotated[list[Label], msgspec.Meta(max_length=64)] = msgspec.field(
@@ -170,6 +171,18 @@ class Classification(_Header, kw_only=True, tag="classification"):
     )
     """Why a missing input is missing, where known (``clock_unsynced``: its clock could not
     be mapped onto the engine's within the sync tolerance)."""
+
+    def heads(self) -> str:
+        """``image 7 0.98  audio 7 0.91``, for the heads the model has."""
+        parts = [
+            f"{name} {label} {score:.2f}"
+            for name, label, score in (
+                ("image", self.image_label, self.image_score),
+                ("audio", self.audio_label, self.audio_score),
+            )
+            if label is not None and score is not None
+        ]
+        return "  ".join(parts)
 
 
 class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
@@ -199,6 +212,8 @@ class Heartbeat(_Header, kw_only=True, tag="heartbeat"):
     messages can place them on another box's clock."""
     clock_error_ns: Nanos | None = None
     """The sender's realtime clock's maximum error, when synchronized."""
+    model_swaps: Count = 0
+    """The engine's: models swapped in while running (hot swap)."""
     clock_offsets_ns: Annotated[dict[Label, int], msgspec.Meta(max_length=256)] = msgspec.field(
         default_factory=dict
     )

@@ -343,3 +343,62 @@ def build_engine(
         click.echo(f"built {hit.path} ({len(hit.data) / 1e6:.1f} MB) in {hit.seconds:.0f} s")
     else:
         click.echo(f"cached: {hit.path} ({len(hit.data) / 1e6:.1f} MB)")
+
+
+@click.group("model")
+def model_group() -> None:
+    """Give an ONNX model its contract, and read it back (docs/models.md)."""
+
+
+@model_group.command("annotate")
+@click.argument("model_path", metavar="MODEL.onnx")
+@click.option("--contract", "contract_path", required=True, help="The contract, YAML.")
+@click.option("--out", required=True, help="The annotated ONNX file to write.")
+@click.option("--json", "as_json", is_flag=True)
+def annotate(model_path: str, contract_path: str, out: str, as_json: bool) -> None:
+    """Embed a contract in MODEL.onnx's metadata, checked against its graph."""
+    from .contract import annotate as embed
+    from .contract import load_contract_file
+
+    contract = load_contract_file(contract_path)
+    written = embed(Path(model_path), contract, Path(out))
+    if as_json:
+        click.echo(json.dumps({"out": out, "contract": written.to_builtins()}))
+    else:
+        click.echo(
+            f"{out}: contract embedded ({len(written.labels)} labels, "
+            f"inputs {', '.join(_inputs(written))})"
+        )
+
+
+def _inputs(contract: Any) -> list[str]:
+    return [s.input for s in (contract.image, contract.audio) if s is not None]
+
+
+@model_group.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def inspect_model(model_path: str | None, as_json: bool) -> None:
+    """Print a model's contract, its graph's inputs and outputs, and whether they agree
+    (default: the shipped model). Exits 1 where they do not."""
+    from .contract import inspect as read
+
+    report = read(Path(model_path) if model_path else None)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"model    {report['path']}")
+        click.echo(f"sha256   {report['sha256']}")
+        for kind in ("inputs", "outputs"):
+            for t in report["graph"][kind]:
+                dims = ", ".join(str(d) for d in t["shape"])
+                click.echo(f"{kind[:-1]:<8} {t['name']}: {t['dtype']} [{dims}]")
+        if report["contract"] is not None:
+            import yaml
+
+            click.echo("contract:")
+            text = yaml.safe_dump(report["contract"], sort_keys=False, default_flow_style=None)
+            click.echo("  " + text.rstrip().replace("\n", "\n  "))
+        click.echo("agrees   yes" if report["agrees"] else f"agrees   NO: {report['problem']}")
+    if not report["agrees"]:
+        raise SystemExit(1)

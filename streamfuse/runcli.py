@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -22,8 +23,7 @@ def describe(c: Classification) -> str:
     lat = c.latency
     media = f" t={c.media_pos / 1e9:6.2f}s" if c.media_pos is not None else ""
     line = (
-        f"{c.stream:<8}{media}  {c.label} ({c.score:.2f})  image {c.image_label} "
-        f"{c.image_score:.2f}  audio {c.audio_label} {c.audio_score:.2f}  "
+        f"{c.stream:<8}{media}  {c.label} ({c.score:.2f})  {c.heads()}  "
         f"total {lat.get('total', 0) / 1e6:.1f} ms "
         f"(inference {lat.get('inference', 0) / 1e6:.2f} ms)"
     )
@@ -147,6 +147,7 @@ def run(
         ),
         err=True,
     )
+    signal.signal(signal.SIGHUP, lambda *_: sup.reload_model())
     status = sup.run(stop)
     summary = {**sup.summary(), "signal": stop.signal}
     if as_json:
@@ -169,10 +170,11 @@ def engine(
 ) -> None:
     """The inference process (started by `streamfuse run`)."""
     from .cli import install_stop_handlers
-    from .engine import Engine, Standby
+    from .engine import RELOAD, Engine, Standby
 
     cfg = load_config(config_path)
     stop = install_stop_handlers()
+    signal.signal(signal.SIGHUP, lambda *_: RELOAD.set())  # hot swap (even while loading)
     eng = Engine(cfg)
     waiting = Standby(sys.stdin.fileno(), stop) if standby else None
     ended = eng.run(

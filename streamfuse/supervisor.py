@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -150,8 +151,16 @@ class _Metrics:
         results = CounterMetricFamily(
             "streamfuse_classifications", "Classifications seen, by camera.", labels=["camera"]
         )
+        swaps = CounterMetricFamily(
+            "streamfuse_model_swaps",
+            "Models swapped in while running (failed swaps: streamfuse_errors"
+            '{kind="model_swap_failed"}).',
+            labels=["stream"],
+        )
         for stream, hb in list(self.sup.heartbeats.items()):
             rate.add_metric([stream], hb.rate_hz)
+            if stream == RESULT_PREFIX:
+                swaps.add_metric([stream], hb.model_swaps)
             for reason, n in hb.drops.items():
                 drops.add_metric([stream, reason], n)
             for kind, n in hb.errors.items():
@@ -184,7 +193,7 @@ class _Metrics:
         )
         for reason, n in self.sup.rejected().items():
             rejected.add_metric([reason], n)
-        yield from (rate, drops, errors, depth, restarts, results, age, offset, rejected)
+        yield from (rate, drops, errors, depth, restarts, results, age, offset, rejected, swaps)
 
 
 class Supervisor:
@@ -333,6 +342,14 @@ class Supervisor:
         finally:
             self.run_dir.close()
 
+    def reload_model(self) -> None:
+        """SIGHUP: the engine and its standby look at ``engine.model`` again now (a hot
+        swap if it changed; they also notice a change within a second on their own)."""
+        for child in self.children:
+            if child.name in ("engine", "standby") and child.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGHUP)
+
     def _run(self, stop: threading.Event) -> int:
         cfg = self.cfg
         self.started_at = time.monotonic()
@@ -346,6 +363,7 @@ class Supervisor:
         # Trust by origin: the engine's endpoint speaks for its heartbeat and its results,
         # a sensor's for its own heartbeat; anything else is rejected, counted, and ignored.
         results = [RESULT_PREFIX + c.name for c in cfg.cameras]
+        results.append(RESULT_PREFIX + cfg.mic_topic.partition("/")[2])  # audio-only models
         owners = {cfg.engine.output: [heartbeat_topic(RESULT_PREFIX), *results]}
         for topic in self._sensor_topics():
             owners.setdefault(cfg.source_endpoint(topic), []).append(heartbeat_topic(topic))

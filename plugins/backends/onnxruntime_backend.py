@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision
+from streamfuse.backend import BackendOptions, Inputs, ModelInfo, Outputs, Precision
 from streamfuse.errors import BackendError
 
 
@@ -56,15 +54,13 @@ class OnnxRuntimeBackend:
             self._sess = ort.InferenceSession(str(model.path), so, providers=providers)
         except Exception as exc:
             raise BackendError(self.name, f"cannot load {model.path}: {exc}") from None
-        self._image = model.image["input"]
-        self._audio = model.audio["input"]
 
     def warmup(self) -> None:
         for b in sorted({1, self.max_batch}):
-            self.infer(*self.model.example_inputs(b))
+            self.infer(self.model.example_inputs(b))
 
-    def infer(self, image: np.ndarray, audio: np.ndarray) -> Outputs:
-        got = self._sess.run(list(self.model.outputs), {self._image: image, self._audio: audio})
+    def infer(self, inputs: Inputs) -> Outputs:
+        got = self._sess.run(list(self.model.outputs), inputs)
         return dict(zip(self.model.outputs, got, strict=True))
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision
+from streamfuse.backend import BackendOptions, Inputs, ModelInfo, Outputs, Precision
 from streamfuse.errors import BackendError
 
 
@@ -74,14 +74,12 @@ class ReferenceBackend:
             self._eval = ReferenceEvaluator(to_float64(onnx.load(str(model.path))))
         except Exception as exc:
             raise BackendError(self.name, f"cannot load {model.path}: {exc}") from None
-        self._image = model.image["input"]
-        self._audio = model.audio["input"]
 
     def warmup(self) -> None:
-        self.infer(*self.model.example_inputs(1))
+        self.infer(self.model.example_inputs(1))
 
-    def infer(self, image: np.ndarray, audio: np.ndarray) -> Outputs:
-        feeds = {self._image: image.astype(np.float64), self._audio: audio.astype(np.float64)}
+    def infer(self, inputs: Inputs) -> Outputs:
+        feeds = {k: v if v.dtype.kind in "iu" else v.astype(np.float64) for k, v in inputs.items()}
         got = self._eval.run(list(self.model.outputs), feeds)
         outs = zip(self.model.outputs, got, strict=True)
         return {k: np.asarray(v).astype(np.float32) for k, v in outs}

@@ -22,7 +22,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision, no_nvidia_gpu
+from streamfuse.backend import (
+    BackendOptions,
+    Inputs,
+    ModelInfo,
+    Outputs,
+    Precision,
+    no_nvidia_gpu,
+)
 from streamfuse.enginecache import CacheHit, EngineCache, atomic_write
 from streamfuse.errors import BackendError
 
@@ -71,10 +78,7 @@ def cache_keys(
 
 def _profile(model: ModelInfo, max_batch: int) -> dict[str, list[list[int]]]:
     """Per input: [min, opt, max] shapes. opt = max_batch: the engine batches under load."""
-    shapes = {
-        model.image["input"]: list(model.image_shape),
-        model.audio["input"]: [model.audio_samples],
-    }
+    shapes = {name: list(shape) for name, shape in model.input_shapes.items()}
     return {n: [[1, *s], [max_batch, *s], [max_batch, *s]] for n, s in shapes.items()}
 
 
@@ -106,7 +110,7 @@ def _progress_monitor(progress: ProgressFn) -> Any:
 
 
 def _calibrator(model: ModelInfo, path: Path, batch: int) -> Any:
-    """INT8 entropy calibration over the ``image``/``audio`` arrays of an ``.npz``.
+    """INT8 entropy calibration over an ``.npz`` holding one array per graph input.
 
     Implicit quantization is deprecated since TensorRT 10.1 (explicit Q/DQ in the ONNX is its
     successor); it still builds on 10.x."""
@@ -115,8 +119,7 @@ def _calibrator(model: ModelInfo, path: Path, batch: int) -> Any:
 
     try:
         data = np.load(path)
-        image = np.asarray(data[model.image["input"]], np.float32)
-        audio = np.asarray(data[model.audio["input"]], np.float32)
+        arrays = {n: np.asarray(data[n], model.input_dtype(n)) for n in model.input_shapes}
     except Exception as exc:
         raise BackendError("tensorrt", f"calibration file {path}: {exc}") from None
 
@@ -124,20 +127,18 @@ def _calibrator(model: ModelInfo, path: Path, batch: int) -> Any:
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.at = 0
-            self.dev = {
-                model.image["input"]: torch.empty((batch, *image.shape[1:]), device="cuda"),
-                model.audio["input"]: torch.empty((batch, *audio.shape[1:]), device="cuda"),
-            }
+            self.dev = {n: torch.from_numpy(a[:batch].copy()).cuda() for n, a in arrays.items()}
+            self.n = min(len(a) for a in arrays.values())
 
         def get_batch_size(self) -> int:
             return batch
 
         def get_batch(self, names: list[str]) -> list[int]:
-            if self.at + batch > len(image):
+            if self.at + batch > self.n:
                 return []  # no more data: calibration ends
             sl = slice(self.at, self.at + batch)
-            self.dev[model.image["input"]].copy_(torch.from_numpy(image[sl]))
-            self.dev[model.audio["input"]].copy_(torch.from_numpy(audio[sl]))
+            for n, a in arrays.items():
+                self.dev[n].copy_(torch.from_numpy(a[sl]))
             self.at += batch
             return [int(self.dev[n].data_ptr()) for n in names]
 
@@ -286,13 +287,13 @@ class TensorRTBackend:
     def warmup(self) -> None:
         """Run every batch size of the profile (1..max_batch) once."""
         for b in range(1, self.max_batch + 1):
-            self.infer(*self.model.example_inputs(b))
+            self.infer(self.model.example_inputs(b))
 
-    def infer(self, image: np.ndarray, audio: np.ndarray) -> Outputs:
-        n = image.shape[0]
+    def infer(self, inputs: Inputs) -> Outputs:
+        n = next(iter(inputs.values())).shape[0]
         if n > self.max_batch:
             raise BackendError(self.name, f"batch {n} > max_batch {self.max_batch}")
-        feeds = {self.model.image["input"]: image, self.model.audio["input"]: audio}
+        feeds = inputs
         with self._torch.cuda.stream(self._stream):
             for name in self._inputs:
                 self._pinned[name].numpy()[:n] = feeds[name]

@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamfuse.backend import BackendOptions, ModelInfo, Outputs, Precision, no_nvidia_gpu
+from streamfuse.backend import (
+    BackendOptions,
+    Inputs,
+    ModelInfo,
+    Outputs,
+    Precision,
+    no_nvidia_gpu,
+)
 from streamfuse.errors import BackendError, ConfigError
 
 
@@ -70,6 +77,9 @@ class TorchBackend:
             net, _, _ = load_checkpoint(ckpt)
         except ConfigError as err:
             raise BackendError(self.name, str(err)) from None
+        if model.image is None or model.audio is None:
+            raise BackendError(self.name, "runs streamfuse-trained image+audio models only")
+        self._names = (model.image.input, model.audio.input)
         stored = model.metadata.get("config")
         if isinstance(stored, dict) and stored != net.cfg.to_dict():
             raise BackendError(
@@ -98,14 +108,14 @@ class TorchBackend:
             for b in graph_batches(self.max_batch):
                 self._capture(b)
         for b in sorted({1, self.max_batch}):
-            self.infer(*self.model.example_inputs(b))
+            self.infer(self.model.example_inputs(b))
 
     def _capture(self, batch: int) -> None:
         """Static buffers + a CUDA graph for one batch size (warm-up runs on a side stream)."""
         torch = self._torch
-        c, h, w = self.model.image_shape
-        image = torch.zeros((batch, c, h, w), device=self._dev)
-        audio = torch.zeros((batch, self.model.audio_samples), device=self._dev)
+        image_shape, audio_shape = (self.model.input_shapes[n] for n in self._names)
+        image = torch.zeros((batch, *image_shape), device=self._dev)
+        audio = torch.zeros((batch, *audio_shape), device=self._dev)
         assert self._stream is not None
         self._stream.wait_stream(torch.cuda.current_stream(self._dev))
         with torch.cuda.stream(self._stream):
@@ -116,14 +126,15 @@ class TorchBackend:
         with torch.cuda.graph(graph, stream=self._stream):
             outputs = self._forward(image, audio)
         pinned = {
-            "image": torch.zeros((batch, c, h, w), pin_memory=True),
-            "audio": torch.zeros((batch, self.model.audio_samples), pin_memory=True),
+            "image": torch.zeros((batch, *image_shape), pin_memory=True),
+            "audio": torch.zeros((batch, *audio_shape), pin_memory=True),
             "out": [torch.zeros(o.shape, pin_memory=True) for o in outputs],
         }
         self._graphs[batch] = (graph, image, audio, outputs, pinned)
 
-    def infer(self, image: np.ndarray, audio: np.ndarray) -> Outputs:
+    def infer(self, inputs: Inputs) -> Outputs:
         torch = self._torch
+        image, audio = (inputs[n] for n in self._names)
         n = image.shape[0]
         if n > self.max_batch:
             raise BackendError(self.name, f"batch {n} > max_batch {self.max_batch}")

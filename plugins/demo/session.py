@@ -161,8 +161,7 @@ def demo_line(r: Any, digits: Sequence[int]) -> str:
     t0 = next((i.media_t0 for i in r.inputs if i.stream.startswith("audio/")), None)
     media = f"{t0 / 1e9:4.1f}-{t0 / 1e9 + 1:.1f} s" if t0 is not None else "   (no audio)"
     return (
-        f"{media}  expected {want}  fused {r.label} {r.score:.2f}  image {r.image_label} "
-        f"{r.image_score:.2f}  audio {r.audio_label} {r.audio_score:.2f}  "
+        f"{media}  expected {want}  fused {r.label} {r.score:.2f}  {r.heads()}  "
         f"total {r.latency.get('total', 0) / 1e6:.1f} ms  {verdict}"
         + ("  degraded" if r.degraded else "")
     ).rstrip()
@@ -188,8 +187,8 @@ def demo_table(results: Sequence[Any], digits: Sequence[int]) -> Any:
             f"{t0 / 1e9:.1f}-{t0 / 1e9 + 1:.1f}",
             str(expected),
             f"{r.label} {r.score:.2f}",
-            f"{r.image_label} {r.image_score:.2f}",
-            f"{r.audio_label} {r.audio_score:.2f}",
+            f"{r.image_label} {r.image_score or 0:.2f}",
+            f"{r.audio_label} {r.audio_score or 0:.2f}",
             f"{r.latency.get('total', 0) / 1e6:.1f}",
             f"{r.latency.get('inference', 0) / 1e6:.2f}",
             ("[green]ok[/]" if ok else "[red]wrong[/]") + (" degraded" if r.degraded else ""),

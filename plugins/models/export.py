@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from streamfuse.backend import ModelInfo
+from streamfuse.contract import METADATA_KEY, AudioSpec, Contract, ImageSpec, OutputSpec
 from streamfuse.errors import ConfigError
 
 from .fusion import Exportable, FusionNet
@@ -99,34 +100,36 @@ TENSORRT_OPS = frozenset(
 )
 
 
+def model_contract(net: FusionNet) -> Contract:
+    """The shipped model family's contract (:mod:`streamfuse.contract`): a gray square
+    centre crop, area-resized, pixels in [0, 1]; mono PCM; three probability heads."""
+    cfg = net.cfg
+    fused, image, audio = OUTPUTS
+    return Contract(
+        labels=list(LABELS),
+        outputs=OutputSpec(fused=fused, image=image, audio=audio),
+        output_kind="probabilities",
+        image=ImageSpec(
+            input=INPUTS[0],
+            layout="NCHW",
+            color="gray",
+            dtype="float32",
+            size=(cfg.image_size, cfg.image_size),
+            resize="center-crop",
+            interpolation="area",
+        ),
+        audio=AudioSpec(input=INPUTS[1], sample_rate=cfg.sample_rate, samples=cfg.window_samples),
+        name="av-digits",
+        description="spoken + written digits 0-9 (FSDD + MNIST), streamfuse's demo model",
+    )
+
+
 def contract(net: FusionNet) -> dict[str, str]:
     """What a consumer must feed the model: stored as ONNX metadata, read back by the engine."""
-    cfg = net.cfg
     return {
-        "streamfuse.labels": json.dumps(LABELS),
-        "streamfuse.image": json.dumps(
-            {
-                "input": "image",
-                "shape": [1, cfg.image_size, cfg.image_size],
-                "dtype": "float32",
-                "range": [0.0, 1.0],
-                "color": "gray",
-                "from_frame": "centre square crop, grayscale, resize with area interpolation",
-            }
-        ),
-        "streamfuse.audio": json.dumps(
-            {
-                "input": "audio",
-                "sample_rate": cfg.sample_rate,
-                "samples": cfg.window_samples,
-                "channels": 1,
-                "dtype": "float32",
-                "range": [-1.0, 1.0],
-            }
-        ),
-        "streamfuse.outputs": json.dumps(list(OUTPUTS)),
-        "streamfuse.fusion": cfg.fusion,
-        "streamfuse.config": json.dumps(cfg.to_dict()),
+        METADATA_KEY: model_contract(net).to_json(),
+        "streamfuse.fusion": net.cfg.fusion,
+        "streamfuse.config": json.dumps(net.cfg.to_dict()),
     }
 
 
@@ -198,5 +201,5 @@ def graph_ops(path: Path) -> set[str]:
 
 
 def read_contract(path: Path) -> dict[str, Any]:
-    """The input contract stored in an exported model's metadata."""
-    return ModelInfo.load(path).metadata
+    """The contract stored in an exported model's metadata (builtins; defaults omitted)."""
+    return ModelInfo.load(path).contract.to_builtins()

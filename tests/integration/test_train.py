@@ -64,8 +64,8 @@ def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Pa
 
     model = ModelInfo.load(tmp_path / "again.onnx")
     inputs = model.example_inputs(2)
-    ort_out = open_backend("onnxruntime", model).infer(*inputs)
-    torch_out = open_backend("torch", model, BackendOptions()).infer(*inputs)
+    ort_out = open_backend("onnxruntime", model).infer(inputs)
+    torch_out = open_backend("torch", model, BackendOptions()).infer(inputs)
     assert np.abs(ort_out["probs"] - torch_out["probs"]).max() <= 1e-4
 
 

@@ -47,14 +47,14 @@ def model() -> ModelInfo:
 @pytest.fixture(scope="module")
 def reference(model: ModelInfo) -> dict[int, dict[str, np.ndarray]]:
     ort = open_backend("onnxruntime", model)
-    return {b: ort.infer(*model.example_inputs(b, seed=b)) for b in (1, 3, 8)}
+    return {b: ort.infer(model.example_inputs(b, seed=b)) for b in (1, 3, 8)}
 
 
 def test_the_shipped_model_carries_its_contract(model: ModelInfo) -> None:
     assert model.path == default_model_path()
     assert model.labels == tuple(str(i) for i in range(10))
-    assert model.image_shape == (1, 32, 32)
-    assert model.audio["sample_rate"] == 16000 and model.audio_samples == 16000
+    assert model.input_shapes == {"image": (1, 32, 32), "audio": (16000,)}
+    assert model.audio is not None and model.audio.sample_rate == 16000
     assert model.outputs == ("probs", "image_probs", "audio_probs")
     assert len(model.sha256) == 64
 
@@ -98,7 +98,7 @@ def test_backend_matches_onnxruntime(
     backend = open_backend(name, model, options)
     assert backend.precision == precision
     for batch, ref in reference.items():
-        got = backend.infer(*model.example_inputs(batch, seed=batch))
+        got = backend.infer(model.example_inputs(batch, seed=batch))
         assert set(got) == set(model.outputs)
         for key in model.outputs:
             assert got[key].shape == (batch, len(model.labels))
@@ -133,7 +133,7 @@ def test_bad_requests_name_what_is_wrong(model: ModelInfo, tmp_path: Path) -> No
         open_backend("onnxruntime", model, BackendOptions(device="npu"))
     backend = open_backend("torch", model, BackendOptions(max_batch=2))
     with pytest.raises(BackendError, match="batch 3 > max_batch 2"):
-        backend.infer(*model.example_inputs(3))
+        backend.infer(model.example_inputs(3))
 
 
 def test_torch_backend_needs_the_checkpoint_beside_the_model(tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_torch_backend_needs_the_checkpoint_beside_the_model(tmp_path: Path) -> 
     [
         (b"", "not a readable ONNX model"),
         (b"\x08\x07garbage\xff" * 10, "not a readable ONNX model"),
-        (None, "lacks streamfuse metadata"),
+        (None, "has no streamfuse contract in its metadata"),
     ],
 )
 def test_a_bad_model_file_is_named(content: bytes | None, match: str, tmp_path: Path) -> None:

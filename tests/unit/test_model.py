@@ -80,7 +80,8 @@ def test_onnx_export_matches_torch_runs_any_batch_and_uses_only_tensorrt_ops(
     assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     contract = read_contract(tmp_path / "m.onnx")
     assert contract["labels"] == [str(d) for d in range(10)]
-    assert contract["audio"]["sample_rate"] == 16000 and contract["image"]["shape"] == [1, 32, 32]
+    assert contract["audio"]["sample_rate"] == 16000 and contract["image"]["size"] == [32, 32]
+    assert contract["image"]["color"] == "gray" and contract["image"]["resize"] == "center-crop"
 
 
 def test_the_shipped_default_model_classifies_the_shipped_voices() -> None:
@@ -94,7 +95,7 @@ def test_the_shipped_default_model_classifies_the_shipped_voices() -> None:
     clips = D.load_clips(None, rate)
     assert len(clips) == 60
     audio = np.stack([D.fit_audio(c.pcm, n) for c in clips]).astype(np.float32)
-    image = np.zeros((len(clips), *contract["image"]["shape"]), np.float32)  # camera blank
+    image = np.zeros((len(clips), 1, *contract["image"]["size"]), np.float32)  # camera blank
     sess = ort.InferenceSession(str(DEFAULT), providers=["CPUExecutionProvider"])
     probs, _, audio_probs = sess.run(None, {"image": image, "audio": audio})
     truth = np.array([c.digit for c in clips])
@@ -138,7 +139,7 @@ def test_corrupt_checkpoints_and_models_are_clear_errors(tmp_path: Path, content
         load_checkpoint(p)
     o = tmp_path / "model.onnx"
     o.write_bytes(content)
-    with pytest.raises(ConfigError, match=r"not a readable ONNX model|lacks streamfuse metadata"):
+    with pytest.raises(ConfigError, match=r"not a readable ONNX model|has no streamfuse contract"):
         read_contract(o)
 
 

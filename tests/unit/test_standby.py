@@ -23,7 +23,7 @@ def _standby(*writes: bytes) -> tuple[Standby, threading.Event]:
 def test_go_carries_where_the_engine_before_stopped() -> None:
     standby, stop = _standby(b'go {"after": 123, ', b'"seq": {"front": 7}}\n')
     assert standby.go.wait(5) and not stop.is_set()
-    assert standby.after == 123 and standby.seq == {"video/front": 7}
+    assert standby.after == 123 and standby.seq == {"front": 7}
 
 
 @pytest.mark.parametrize(
