@@ -35,18 +35,21 @@ def tone_bands() -> list[int]:
     return [int(np.abs(centres - f).argmin()) for f in TONES_HZ]
 
 
-def build(path: Path, *, image: bool = True, audio: bool = True) -> dict[str, Any]:
-    """Write the ONNX model (no streamfuse metadata) to ``path``; return its contract."""
+def build(path: Path, *, image: bool = True, audio: bool = True, frames: int = 1) -> dict[str, Any]:
+    """Write the ONNX model (no streamfuse metadata) to ``path``; return its contract.
+    ``frames`` K > 1: a temporal image input [N, K, 96, 128, 3] (the mean over K too)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inputs, outputs, inits = [], [], [], []
     if image:
-        inputs.append(helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", *SIZE, 3]))
+        k = ["N", frames] if frames > 1 else ["N"]
+        inputs.append(helper.make_tensor_value_info("pixels", TensorProto.UINT8, [*k, *SIZE, 3]))
         inits.append(numpy_helper.from_array(np.array(1 / 20, np.float32), "img_gain"))
+        axes = [1, 2, 3] if frames > 1 else [1, 2]
         nodes += [
             helper.make_node("Cast", ["pixels"], ["pix_f"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["pix_f"], ["chan"], axes=[1, 2], keepdims=0),
+            helper.make_node("ReduceMean", ["pix_f"], ["chan"], axes=axes, keepdims=0),
             helper.make_node("Mul", ["chan", "img_gain"], ["image_logits"]),
             helper.make_node("Softmax", ["image_logits"], ["image_probs"], axis=1),
         ]
@@ -93,6 +96,7 @@ def build(path: Path, *, image: bool = True, audio: bool = True) -> dict[str, An
             "scale": 1.0,
             "mean": [0, 0, 0],
             "std": [1, 1, 1],
+            "frames": frames,
         }
     if audio:
         contract["audio"] = {

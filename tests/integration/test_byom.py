@@ -49,16 +49,20 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "both": _model(tmp, "colours"),
         "image": _model(tmp, "image-only", audio=False),
         "audio": _model(tmp, "audio-only", image=False),
+        "temporal": _model(tmp, "temporal", frames=3),
     }
 
 
-def _config(tmp: Path, session: dict[str, Path], model: Path, **engine: Any) -> Path:
+def _config(tmp: Path, session: dict[str, Path], model: Path, **sections: Any) -> Path:
     path, _ = write_config(
         tmp,
         cameras=[{"name": "front", "source": str(session["video"])}],
         mic={"source": str(session["wav"]), "window_ms": 1000, "hop_ms": 1000},
-        engine={"model": str(model), "standby": False, **engine},
+        engine={"model": str(model), "standby": False},
         http={"port": 0},
+        # four daemons share two cores here: let a late frame still make its window
+        sync={"max_wait_ms": 3000, **sections.pop("sync", {})},
+        **sections,
     )
     return path
 
@@ -73,19 +77,33 @@ def _results(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def _start(r: dict[str, Any]) -> float:
+    return next(i["media_t0"] for i in r["inputs"] if i["stream"] == "audio/mic0") / 1e9
+
+
+@pytest.fixture(scope="module")
+def runs(session: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each model's daemon over the session files, four at once: kind -> its results."""
+    procs = {}
+    for kind in ("both", "image", "audio", "temporal"):
+        d = tmp_path_factory.mktemp(kind)
+        sync = {"sync": {"policy": "k-frames"}} if kind == "temporal" else {}
+        config = _config(d, session, session[kind], **sync)
+        argv = [sys.executable, "-m", "streamfuse", "run", "--config", str(config), "--json"]
+        argv.append("--until-eof")
+        procs[kind] = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    outs = {k: p.communicate(timeout=200) for k, p in procs.items()}
+    for kind, (_, err) in outs.items():
+        assert procs[kind].returncode == 0, f"{kind}: {err[-2000:]}"
+    return {kind: _results(out) for kind, (out, _) in outs.items()}
+
+
 def test_a_model_unlike_the_shipped_one_classifies_every_window_right(
-    session: dict[str, Path], tmp_path: Path
+    session: dict[str, Path], runs: dict[str, Any]
 ) -> None:
-    res = run_cli(
-        "run",
-        "--config",
-        str(_config(tmp_path, session, session["both"])),
-        "--json",
-        "--until-eof",
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    results = _results(res.stdout)
+    results = runs["both"]
     sha = ModelInfo.load(session["both"]).sha256[:12]
     assert [round(_start(r)) for r in results] == list(range(len(SEQUENCE)))  # each once
     for r in results:
@@ -95,46 +113,23 @@ def test_a_model_unlike_the_shipped_one_classifies_every_window_right(
         assert 0.9 < r["score"] <= 1.0
 
 
-def _start(r: dict[str, Any]) -> float:
-    return next(i["media_t0"] for i in r["inputs"] if i["stream"] == "audio/mic0") / 1e9
-
-
-def test_an_image_only_and_an_audio_only_model_run(
-    session: dict[str, Path], tmp_path: Path
-) -> None:
-    procs = {}
-    for kind in ("image", "audio"):
-        d = tmp_path / kind
-        d.mkdir()
-        argv = [
-            sys.executable,
-            "-m",
-            "streamfuse",
-            "run",
-            "--config",
-            str(_config(d, session, session[kind])),
-            "--json",
-            "--until-eof",
-        ]
-        procs[kind] = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    outs = {k: p.communicate(timeout=150) for k, p in procs.items()}
-    for kind, (out, err) in outs.items():
-        assert procs[kind].returncode == 0, err[-2000:]
-        results = _results(out)
-        assert [round(_start(r)) for r in results] == list(range(len(SEQUENCE))), kind
-        for r in results:
-            assert r["label"] == _truth(r), (kind, r)
-            # one head, the fused one: no image_* / audio_* of their own
-            assert r["image_label"] is None and r["audio_label"] is None
-            assert 0 < r["score"] <= 1.0  # audio: logits, softmaxed by the engine
-        stream = {"image": "front", "audio": "mic0"}[kind]
-        assert {r["stream"] for r in results} == {stream}, kind
-        if kind == "audio":
-            assert all(
-                r["inputs"][0]["stream"] == "audio/mic0" and len(r["inputs"]) == 1 for r in results
-            )
+@pytest.mark.parametrize("kind", ["image", "audio", "temporal"])
+def test_image_only_audio_only_and_temporal_models_run(kind: str, runs: dict[str, Any]) -> None:
+    results = runs[kind]
+    assert [round(_start(r)) for r in results] == list(range(len(SEQUENCE)))
+    for r in results:
+        assert r["label"] == _truth(r), r
+        assert not r["degraded"], r
+        if kind == "temporal":  # three heads; K = 3 frames of the window in each sample
+            assert r["image_label"] == r["audio_label"] == r["label"]
+            continue
+        # one head, the fused one: no image_* / audio_* of their own
+        assert r["image_label"] is None and r["audio_label"] is None
+        assert 0 < r["score"] <= 1.0  # audio: logits, softmaxed by the engine
+    stream = {"image": "front", "audio": "mic0", "temporal": "front"}[kind]
+    assert {r["stream"] for r in results} == {stream}
+    if kind == "audio":  # the camera's frames are not its inputs
+        assert all(len(r["inputs"]) == 1 for r in results)
 
 
 def _metric(port: int, pattern: str) -> float | None:
@@ -159,8 +154,9 @@ def test_a_swap_under_load_loses_no_window_and_a_bad_model_is_refused(
     session: dict[str, Path], tmp_path: Path
 ) -> None:
     """Served from files at their own pace: the shipped model first; a corrupt file put in
-    its place is refused (counted) while the shipped model keeps serving; then the colour
-    model (replaced atomically, SIGHUP) is swapped in between two batches."""
+    its place is refused (counted) while the shipped model keeps serving, and so is a model
+    that does not fit the sensors; then the colour model (replaced atomically, SIGHUP) is
+    swapped in between two batches."""
     served = tmp_path / "model.onnx"
     shutil.copyfile(default_model_path(), served)
     port = free_port()
@@ -190,6 +186,10 @@ def test_a_swap_under_load_loses_no_window_and_a_bad_model_is_refused(
         os.replace(garbage, served)
         failed = r'streamfuse_errors_total\{kind="model_swap_failed",stream="result/"\}'
         _wait(lambda: _metric(port, failed), 10, "the corrupt model counted as a failed swap")
+        # a model whose contract does not fit the sensors (K frames, nearest-center policy)
+        shutil.copyfile(session["temporal"], tmp_path / "next.onnx")
+        os.replace(tmp_path / "next.onnx", served)
+        _wait(lambda: _metric(port, failed) == 2 or None, 10, "the misfit counted as failed")
         shutil.copyfile(session["both"], tmp_path / "next.onnx")
         os.replace(tmp_path / "next.onnx", served)
         proc.send_signal(signal.SIGHUP)

@@ -209,3 +209,29 @@ def test_any_value_anywhere_is_a_config_error_or_a_valid_contract(key: str, valu
     if parsed.image is not None and parsed.image.size is not None:
         assert all(1 <= d <= 16384 for d in parsed.image.size)
         assert np.isfinite(parsed.image.effective_scale)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("{not json", "malformed streamfuse metadata"),
+        ('{"labels": 5}', "contract: labels: Expected `array`, got `int`"),
+        ('{"labels": ["a", "b", "c"], "outputs": {"fused": "probs"}}', "takes an image input, an"),
+        (json.dumps({"labels": ["r", "g", "b"], "outputs": {"fused": "probs"},
+                     "image": {"input": "pixels", "layout": "NHWC", "dtype": "uint8"}}),
+         "the graph has inputs no contract key feeds: ['mel']"),
+    ],
+)  # fmt: skip
+def test_a_hostile_contract_in_the_model_file_is_refused_by_name(
+    bare: tuple[Path, dict[str, Any]], tmp_path: Path, value: str, words: str
+) -> None:
+    import onnx
+
+    proto = onnx.load(str(bare[0]))
+    proto.metadata_props.add(key="streamfuse.contract", value=value)
+    path = tmp_path / "hostile.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ConfigError) as info:
+        ModelInfo.load(path)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value)
