@@ -129,6 +129,7 @@ class Engine:
         self.cfg = cfg
         self.virtual = virtual
         """Lockstep: time is what the caller passes in; no wall clock is read."""
+        self._model_signature = _signature(_model_path(cfg))  # (before reading it)
         self.model = ModelInfo.load(cfg.engine.model)
         self.frames = self.model.image.frames if self.model.image is not None else 1
         fits(self.model, cfg, self.frames)
@@ -166,10 +167,10 @@ class Engine:
         """Per source on another box: its t_capture minus ours for the same instant."""
         self._labels = self.model.labels
 
-    def swap(self, model: ModelInfo, backend: Backend) -> None:
+    def swap(self, model: ModelInfo, backend: Backend, pre: Preprocessor | None = None) -> None:
         """Serve ``model`` on ``backend`` from the next batch on (both loaded and warm)."""
         old = self.backend
-        self.model, self.backend, self.pre = model, backend, Preprocessor(model)
+        self.model, self.backend, self.pre = model, backend, pre or Preprocessor(model)
         self._labels = model.labels
         self._sha = model.sha256[:12]
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
@@ -644,16 +645,13 @@ class ModelWatch:
     CHECK_NS = 500_000_000
 
     def __init__(self, engine: Engine) -> None:
-        from .backend import default_model_path
-
         self.engine = engine
-        cfg = engine.cfg
-        self.path = Path(cfg.engine.model) if cfg.engine.model else default_model_path()
-        self._seen = _signature(self.path)
+        self.path = _model_path(engine.cfg)
+        self._seen = engine._model_signature
         self._pending: tuple[int, int, int] | None = None
         self._checked = 0
         self.requested = RELOAD
-        self._ready: tuple[ModelInfo, Backend] | None = None
+        self._ready: tuple[ModelInfo, Backend, Preprocessor] | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -688,13 +686,13 @@ class ModelWatch:
             if model.sha256 == engine.model.sha256:
                 return
             fits(model, engine.cfg, engine.frames)
-            Preprocessor(model)  # (raises if its contract cannot be fed)
+            pre = Preprocessor(model)
             backend = open_backend(engine.cfg.engine.backend, model, backend_options(engine.cfg))
         except Exception as exc:
             engine._error("model_swap_failed", f"model {self.path} not swapped in: {exc}")
             return
         with self._lock:
-            self._ready = (model, backend)
+            self._ready = (model, backend, pre)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -703,6 +701,12 @@ class ModelWatch:
             if self._ready is not None:
                 self._ready[1].close()
                 self._ready = None
+
+
+def _model_path(cfg: RunConfig) -> Path:
+    from .backend import default_model_path
+
+    return Path(cfg.engine.model) if cfg.engine.model else default_model_path()
 
 
 def _signature(path: Path) -> tuple[int, int, int]:
