@@ -60,7 +60,7 @@ def _config(tmp: Path, session: dict[str, Path], model: Path, **sections: Any) -
         mic={"source": str(session["wav"]), "window_ms": 1000, "hop_ms": 1000},
         engine={"model": str(model), "standby": False},
         http={"port": 0},
-        # four daemons share two cores here: let a late frame still make its window
+        # two daemons share two cores here: let a late frame still make its window
         sync={"max_wait_ms": 3000, **sections.pop("sync", {})},
         **sections,
     )
@@ -83,20 +83,24 @@ def _start(r: dict[str, Any]) -> float:
 
 @pytest.fixture(scope="module")
 def runs(session: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Each model's daemon over the session files, four at once: kind -> its results."""
-    procs = {}
-    for kind in ("both", "image", "audio", "temporal"):
-        d = tmp_path_factory.mktemp(kind)
-        sync = {"sync": {"policy": "k-frames"}} if kind == "temporal" else {}
-        config = _config(d, session, session[kind], **sync)
-        argv = [sys.executable, "-m", "streamfuse", "run", "--config", str(config), "--json"]
-        argv.append("--until-eof")
-        procs[kind] = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    outs = {k: p.communicate(timeout=200) for k, p in procs.items()}
-    for kind, (_, err) in outs.items():
-        assert procs[kind].returncode == 0, f"{kind}: {err[-2000:]}"
+    """Each model's daemon over the session files, two at a time: kind -> its results.
+    (Four at once on two cores can start a camera more than the supervisor's 2 s epoch
+    margin late; its first frames are then in the past and the synchronizer forgets them.)"""
+    outs = {}
+    for pair in (("both", "image"), ("audio", "temporal")):
+        procs = {}
+        for kind in pair:
+            d = tmp_path_factory.mktemp(kind)
+            sync = {"sync": {"policy": "k-frames"}} if kind == "temporal" else {}
+            config = _config(d, session, session[kind], **sync)
+            argv = [sys.executable, "-m", "streamfuse", "run", "--config", str(config), "--json"]
+            argv.append("--until-eof")
+            procs[kind] = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        for kind, p in procs.items():
+            outs[kind] = p.communicate(timeout=200)
+            assert p.returncode == 0, f"{kind}: {outs[kind][1][-2000:]}"
     return {kind: _results(out) for kind, (out, _) in outs.items()}
 
 
@@ -119,7 +123,7 @@ def test_image_only_audio_only_and_temporal_models_run(kind: str, runs: dict[str
     assert [round(_start(r)) for r in results] == list(range(len(SEQUENCE)))
     for r in results:
         assert r["label"] == _truth(r), r
-        assert not r["degraded"], r
+        assert not r["degraded"], (r["missing"], r["reasons"], r["inputs"])
         if kind == "temporal":  # three heads; K = 3 frames of the window in each sample
             assert r["image_label"] == r["audio_label"] == r["label"]
             continue
