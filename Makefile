@@ -51,7 +51,17 @@ $(TSREADER): tests/ts/package.json tests/ts/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix tests/ts --no-audit --no-fund && touch $@; \
 	else echo "no npm: the TypeScript MCAP reader test will skip"; fi
 
-test: lint typecheck $(TSREADER)
+# A real Triton Inference Server for the triton backend's tests: nvidia-pytriton bundles
+# tritonserver; its own venv, as it pins numpy < 2 (tests/triton_server.py runs in it).
+TRITON_VENV ?= .venv-triton
+TRITON := $(TRITON_VENV)/.stamp
+$(TRITON):
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --disable-pip-version-check --progress-bar off \
+		'nvidia-pytriton>=0.5' onnxruntime
+	@touch $@
+
+test: lint typecheck $(TSREADER) $(TRITON)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(DEV)
@@ -68,4 +78,4 @@ bench: $(DEV)
 	$(PY) benchmarks/engine.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from importlib import metadata, resources
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "Inputs",
     "ModelInfo",
     "Outputs",
+    "RemoteBackend",
     "available_backends",
     "default_model_path",
     "open_backend",
@@ -194,7 +196,9 @@ class BackendOptions:
     threads: int | None = None
     """CPU threads for ONNX Runtime and torch (default: the runtime's own choice)."""
     calibration: Path | None = None
-    """TensorRT INT8: an ``.npz`` with ``image`` and ``audio`` arrays to calibrate on."""
+    """TensorRT INT8: an ``.npz`` with one array per graph input to calibrate on."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The backend's own section of ``engine`` (``engine.triton`` for ``triton``)."""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -228,6 +232,20 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RemoteBackend(Backend, Protocol):
+    """A backend whose requests leave the process (``triton``): the engine submits a batch
+    and collects the answer later, so its loop never waits on the network."""
+
+    timeout_s: float
+    """A request not answered this soon has failed."""
+    max_in_flight: int
+    """Requests it takes out at once (the engine waits for the oldest beyond that)."""
+
+    def submit(self, inputs: Inputs) -> Future[Outputs]:
+        """Send one batch; the future holds its outputs or the error."""
+        ...
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:

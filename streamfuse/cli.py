@@ -448,7 +448,15 @@ def devices(as_json: bool) -> None:
 
 
 def _add_model_commands() -> None:
-    from .modelcli import backends, build_engine, evaluate, export, model_group, train
+    from .modelcli import (
+        backends,
+        build_engine,
+        evaluate,
+        export,
+        model_group,
+        train,
+        triton_group,
+    )
     from .recordcli import record, recover, replay
     from .runcli import (
         config_group,
@@ -476,6 +484,7 @@ def _add_model_commands() -> None:
     main.add_command(evaluate)
     main.add_command(export)
     main.add_command(model_group)
+    main.add_command(triton_group)
 
 
 _add_model_commands()

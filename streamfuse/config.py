@@ -136,9 +136,36 @@ class SyncSection(_Section):
     ] = msgspec.field(default_factory=dict)
 
 
+class TritonSection(_Section):
+    """``engine.backend: triton``: inference on a Triton Inference Server (KServe v2, gRPC)."""
+
+    url: Annotated[str, _opt("the server's gRPC address, host:port", min_length=1)] = (
+        "127.0.0.1:8001"
+    )
+    model_name: (
+        Annotated[
+            str, _opt("the model's name there (null: engine.model's file stem)", min_length=1)
+        ]
+        | None
+    ) = None
+    model_version: Annotated[str, _opt('its version ("": the server\'s choice)')] = ""
+    timeout_ms: Annotated[
+        float, _opt("a request not answered this soon has failed (then fallback)", gt=0, le=60_000)
+    ] = 200.0
+    shared_memory: Annotated[
+        Literal["auto", "off"],
+        _opt("auto: inputs through system shared memory when the server is on this host"),
+    ] = "auto"
+    ssl: Annotated[bool, _opt("TLS to the server")] = False
+    root_certificates: Annotated[str, _opt("TLS: CA bundle file")] | None = None
+    private_key: Annotated[str, _opt("TLS: this client's key file")] | None = None
+    certificate_chain: Annotated[str, _opt("TLS: this client's certificate file")] | None = None
+
+
 class EngineConfig(_Section):
     backend: Annotated[
-        str, _opt("auto | onnxruntime | torch | tensorrt (streamfuse backends)", min_length=1)
+        str,
+        _opt("auto | onnxruntime | torch | tensorrt | triton (streamfuse backends)", min_length=1),
     ] = "auto"
     model: (
         Annotated[str, _opt("ONNX with streamfuse metadata; null: the shipped model", min_length=1)]
@@ -182,6 +209,18 @@ class EngineConfig(_Section):
             " (costs its memory; false: a restart loads the model again, ~1 s)"
         ),
     ] = True
+    fallback: (
+        Annotated[
+            str,
+            _opt(
+                "a remote backend's failed request runs here instead (onnxruntime); null: "
+                "the results are degraded (inference_unavailable)",
+                min_length=1,
+            ),
+        ]
+        | None
+    ) = None
+    triton: TritonSection = msgspec.field(default_factory=TritonSection)
 
 
 class HttpConfig(_Section):

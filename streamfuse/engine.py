@@ -20,13 +20,23 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
 import numpy as np
 
-from .backend import Backend, BackendOptions, ModelInfo, open_backend
+from .backend import (
+    Backend,
+    BackendOptions,
+    Inputs,
+    ModelInfo,
+    Outputs,
+    RemoteBackend,
+    open_backend,
+)
 from .clock import clock_state, local_offset_ns, to_local
 from .config import RunConfig
 from .errors import ConfigError
@@ -106,6 +116,8 @@ class _Sample:
     decided: int
     missing: list[str]
     frames: tuple[Envelope, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Why an input or the inference is missing, beyond the clock (``inference``)."""
     """The K frames a temporal model takes (``k-frames`` policy), oldest first."""
 
     @property
@@ -136,6 +148,16 @@ class Engine:
         if backend is None:
             backend = open_backend(cfg.engine.backend, self.model, backend_options(cfg))
         self.backend = backend
+        self._remote: RemoteBackend | None = _remote(backend)
+        self._fallback: Backend | None = None
+        if cfg.engine.fallback is not None:
+            options = replace(backend_options(cfg), settings={})
+            self._fallback = open_backend(cfg.engine.fallback, self.model, options)
+        self._inflight: deque[_InFlight] = deque()
+        self._outage = 0
+        """Remote batches failed in a row."""
+        self._carry: list[Classification] = []
+        """Results collected outside classify() (a swap waits for the old backend's)."""
         self.pre = Preprocessor(self.model)
         self.sync = Synchronizer(cfg.sync_config(k=self.frames))
         self.cameras = [cfg.camera_topic(c) for c in cfg.cameras]
@@ -170,7 +192,9 @@ class Engine:
     def swap(self, model: ModelInfo, backend: Backend, pre: Preprocessor | None = None) -> None:
         """Serve ``model`` on ``backend`` from the next batch on (both loaded and warm)."""
         old = self.backend
+        self._carry += self.collect(wait=True)  # (its requests out: answered by it)
         self.model, self.backend, self.pre = model, backend, pre or Preprocessor(model)
+        self._remote = _remote(backend)
         self._labels = model.labels
         self._sha = model.sha256[:12]
         self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
@@ -241,7 +265,7 @@ class Engine:
                 pub.send(RESULT_PREFIX + msg.stream, msg)
             sources = set(self.cameras) | {self.mic}
             while not stop.is_set():
-                env = sub.recv(timeout=TICK_S)
+                env = sub.recv(timeout=TICK_S if not self._inflight else 0.001)
                 now = time.monotonic_ns()
                 watch.poll(now)  # a new model, loaded and warm: served from here
                 try:
@@ -252,7 +276,7 @@ class Engine:
                     self._internal_error(env, exc)
                 if until_eof and sources <= self._ended:
                     # every source has ended: flush what the synchronizer still holds
-                    for msg in self.classify(self.flush()):
+                    for msg in [*self.classify(self.flush()), *self.collect(wait=True)]:
                         pub.send(RESULT_PREFIX + msg.stream, msg)
                     ended = "eof"
                     break
@@ -261,6 +285,8 @@ class Engine:
                     rate = (self.stats.published - published_at_hb) / dt
                     pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, rate))
                     hb_seq, last_hb, published_at_hb = hb_seq + 1, now, self.stats.published
+            for msg in self.collect(wait=True):  # (stopped with requests out: their answers)
+                pub.send(RESULT_PREFIX + msg.stream, msg)
             now = time.monotonic_ns()
             pub.send(hb_topic, self._heartbeat(sub, hb_seq, now, start, 0.0, state=ended))
         finally:
@@ -269,6 +295,8 @@ class Engine:
             if self._watch is not None:
                 self._watch.close()
             self.backend.close()
+            if self._fallback is not None:
+                self._fallback.close()
         return ended
 
     def _stand_by(self, sub: Sources, stop: threading.Event, standby: Standby) -> list[_Sample]:
@@ -432,9 +460,11 @@ class Engine:
 
     def classify(self, samples: list[_Sample]) -> list[Classification]:
         """Run the model on ``samples`` (in batches of max_batch) and build the results."""
-        out: list[Classification] = []
+        out, self._carry = self._carry, []
         for i in range(0, len(samples), self.backend.max_batch):
             out += self._classify_batch(samples[i : i + self.backend.max_batch])
+        if self._inflight:
+            out += self.collect()
         return out
 
     def _classify_batch(self, samples: list[_Sample]) -> list[Classification]:
@@ -468,40 +498,120 @@ class Engine:
             self._error("preprocess", f"batch of {len(samples)}: {exc}")
             return []
         t1 = clock()
+        served = _Served(self.model, self._labels, self._sha, self._tag)
+        if self._remote is not None:  # sent now, collected by classify() when it is back
+            fallback = {k: v.copy() for k, v in feeds.items()} if self._fallback else None
+            job = _InFlight(samples, fallback, t0, t1, self._remote.submit(feeds), served)
+            job.future.add_done_callback(job.done)
+            self._inflight.append(job)
+            return []
         try:
             out = self.backend.infer(feeds)
         except Exception as exc:
             self._error("inference", f"batch of {len(samples)}: {exc}")
             return []
-        t2 = clock()
-        self.stats.batches += 1
-        heads = self.model.contract.outputs
-        probs = self._probs(out[heads.fused])
-        p_img = self._probs(out[heads.image]) if heads.image is not None else None
-        p_aud = self._probs(out[heads.audio]) if heads.audio is not None else None
+        return self._results(samples, out, t0, t1, clock(), served)
+
+    def collect(self, wait: bool = False) -> list[Classification]:
+        """The results of the remote requests that are back, in the order they were sent;
+        a request past its timeout (or failed) is run on ``engine.fallback`` or published
+        degraded (``inference_unavailable``). ``wait``: until none is out."""
+        out: list[Classification] = []
+        while self._inflight:
+            job = self._inflight[0]
+            assert self._remote is not None
+            late = time.monotonic_ns() - job.t1 > self._remote.timeout_s * 1e9
+            if not job.future.done() and not late:
+                if not wait and len(self._inflight) <= self._remote.max_in_flight:
+                    break
+                futures.wait([job.future], timeout=self._remote.timeout_s)
+                continue
+            self._inflight.popleft()
+            error: BaseException | None
+            if job.future.done() and (error := job.future.exception()) is None:
+                self.stats.batches += 1
+                if self._outage:
+                    log.warning("remote inference back after %d batches without", self._outage)
+                    self._outage = 0
+                done = job.done_ns or time.monotonic_ns()
+                out += self._results(
+                    job.samples, job.future.result(), job.t0, job.t1, done, job.served
+                )
+                continue
+            why = "timed out" if not job.future.done() else str(error)
+            out += self._unavailable(job, why)
+        return out
+
+    def _unavailable(self, job: _InFlight, why: str) -> list[Classification]:
+        # counted every time, said once per outage (and when it is over: collect())
+        self.stats.errors["inference_unavailable"] += 1
+        self.stats.last_error = f"remote inference unavailable: {why}"
+        if self._outage == 0:
+            then = f"running on {self._fallback.name}" if self._fallback else "results degraded"
+            log.warning("remote inference unavailable (%s); %s", why, then)
+        self._outage += 1
+        for s in job.samples:
+            s.reasons["inference"] = "inference_unavailable"
+        if self._fallback is not None and job.feeds is not None:
+            t1 = time.monotonic_ns()
+            try:
+                out = self._fallback.infer(job.feeds)
+            except Exception as exc:
+                self._error("inference", f"fallback, batch of {len(job.samples)}: {exc}")
+            else:
+                self.stats.errors["inference_fallback"] += 1
+                tag = f"{self._fallback.name}/{self._fallback.device}/{self._fallback.precision}"
+                served = _Served(job.served.model, job.served.labels, job.served.sha, tag)
+                return self._results(job.samples, out, job.t0, t1, time.monotonic_ns(), served)
+        # no answer: each window still gets its result, with no label, saying why
+        for s in job.samples:
+            s.missing.append("inference")
+        return self._results(job.samples, None, job.t0, job.t1, time.monotonic_ns(), job.served)
+
+    def _results(
+        self,
+        samples: list[_Sample],
+        out: Outputs | None,
+        t0: int,
+        t1: int,
+        t2: int,
+        served: _Served,
+    ) -> list[Classification]:
+        clock = (lambda: 0) if self.virtual else time.monotonic_ns
+        labels = served.labels
+        heads = served.model.contract.outputs
+        kind = served.model.contract.output_kind
+        probs = p_img = p_aud = None
+        if out is not None:
+            probs = _probs(out[heads.fused], kind)
+            p_img = _probs(out[heads.image], kind) if heads.image is not None else None
+            p_aud = _probs(out[heads.audio], kind) if heads.audio is not None else None
         results = []
         for i, s in enumerate(samples):
-            order = np.argsort(-probs[i], kind="stable")[:3]
             msg = Classification(
                 stream=s.stream,
                 seq=self._seq[s.stream],
                 t_capture=s.t_latest,
                 t_wall=0 if self.virtual else time.time_ns(),
                 media_pos=_media(s.frame) if s.frame else _media(s.audio),
-                label=self._labels[order[0]],
-                score=float(probs[i, order[0]]),
-                topk=[(self._labels[j], float(probs[i, j])) for j in order],
-                image_label=None if p_img is None else self._labels[int(p_img[i].argmax())],
+                image_label=None if p_img is None else labels[int(p_img[i].argmax())],
                 image_score=None if p_img is None else float(p_img[i].max()),
-                audio_label=None if p_aud is None else self._labels[int(p_aud[i].argmax())],
+                audio_label=None if p_aud is None else labels[int(p_aud[i].argmax())],
                 audio_score=None if p_aud is None else float(p_aud[i].max()),
                 degraded=bool(s.missing),
                 missing=sorted(set(s.missing)),
-                reasons={m: "clock_unsynced" for m in s.missing if m in self._unsynced},
+                reasons={
+                    **{m: "clock_unsynced" for m in s.missing if m in self._unsynced},
+                    **s.reasons,
+                },
                 inputs=[_ref(e) for e in (s.frame, s.audio) if e is not None],
-                model=self._sha,
-                backend=self._tag,
+                model=served.sha,
+                backend=served.tag,
             )
+            if probs is not None:
+                order = np.argsort(-probs[i], kind="stable")[:3]
+                msg.label, msg.score = labels[order[0]], float(probs[i, order[0]])
+                msg.topk = [(labels[j], float(probs[i, j])) for j in order]
             t_pub = clock() if not self.virtual else s.decided
             msg.latency = {
                 "transport": max(0, s.arrived - s.t_latest),
@@ -536,13 +646,6 @@ class Engine:
             s.missing.append(s.camera)
             return pre.blank_pixels(), False
         return (np.stack(px) if self.frames > 1 else px[0]), True
-
-    def _probs(self, x: np.ndarray) -> np.ndarray:
-        if self.model.contract.output_kind == "probabilities":
-            return x
-        z = x.astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
     # --- health -------------------------------------------------------------------------
 
@@ -614,11 +717,56 @@ def _ref(env: Envelope) -> InputRef:
     )
 
 
+def _probs(x: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "probabilities":
+        return x
+    z = x.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What a result names of the model that made it (a swap may come in between)."""
+
+    model: ModelInfo
+    labels: tuple[str, ...]
+    sha: str
+    tag: str
+
+
+@dataclass
+class _InFlight:
+    """A batch sent to a remote backend, not yet collected."""
+
+    samples: list[_Sample]
+    feeds: Inputs | None
+    """A copy of its inputs, for the fallback (None without one)."""
+    t0: int
+    t1: int
+    future: Future[Outputs]
+    served: _Served
+    done_ns: int = 0
+
+    def done(self, _: object) -> None:
+        self.done_ns = time.monotonic_ns()
+
+
 def backend_options(cfg: RunConfig) -> BackendOptions:
     e = cfg.engine
+    settings = msgspec.to_builtins(e.triton) if e.backend == "triton" else {}
     return BackendOptions(
-        device=e.device or "cpu", precision=e.precision, max_batch=e.max_batch, threads=e.threads
+        device=e.device or "cpu",
+        precision=e.precision,
+        max_batch=e.max_batch,
+        threads=e.threads,
+        settings=settings,
     )
+
+
+def _remote(backend: Backend) -> RemoteBackend | None:
+    """The backend as a remote one (requests sent and collected later), or None."""
+    return backend if hasattr(backend, "submit") else None  # type: ignore[return-value]
 
 
 def fits(model: ModelInfo, cfg: RunConfig, k: int) -> None:

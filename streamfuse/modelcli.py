@@ -402,3 +402,48 @@ def inspect_model(model_path: str | None, as_json: bool) -> None:
         click.echo("agrees   yes" if report["agrees"] else f"agrees   NO: {report['problem']}")
     if not report["agrees"]:
         raise SystemExit(1)
+
+
+@click.group("triton")
+def triton_group() -> None:
+    """Serve the model from NVIDIA Triton Inference Server (docs/triton.md)."""
+
+
+@triton_group.command("export-repo")
+@click.argument("out", metavar="DIR")
+@click.option("--config", "config_path", default=None, help="The daemon's config (its model).")
+@click.option("--model", "model_path", default=None, help="Instead: this ONNX model.")
+@click.option("--name", default=None, help="The model's name there (engine.triton.model_name).")
+@click.option("--max-batch", type=int, default=None, help="Default: engine.max_batch.")
+@click.option("--plan", default=None, help="Also a TensorRT engine (streamfuse build-engine).")
+@click.option("--json", "as_json", is_flag=True)
+def export_repo_cmd(
+    out: str,
+    config_path: str | None,
+    model_path: str | None,
+    name: str | None,
+    max_batch: int | None,
+    plan: str | None,
+    as_json: bool,
+) -> None:
+    """Write a Triton model repository for the configured model into DIR."""
+    from .backend import ModelInfo
+    from .config import load_config
+    from .tritonrepo import export_repo
+
+    cfg = load_config(config_path)
+    model = ModelInfo.load(model_path or cfg.engine.model)
+    name = name or cfg.engine.triton.model_name or model.path.stem
+    batch = max_batch or cfg.engine.max_batch
+    files = export_repo(
+        model, Path(out), name=name, max_batch=batch, plan=Path(plan) if plan else None
+    )
+    if as_json:
+        click.echo(json.dumps({"model_name": name, "files": [str(f) for f in files]}))
+        return
+    for f in files:
+        click.echo(str(f))
+    click.echo(
+        f"serve it: docker run --rm -p8001:8001 -v {Path(out).resolve()}:/models "
+        f"nvcr.io/nvidia/tritonserver:<xx.yy>-py3 tritonserver --model-repository=/models"
+    )
