@@ -46,7 +46,9 @@ def worker(kind: str, url: str, seconds: float, rate: float) -> dict[str, Any]:
     from streamfuse.backend import BackendOptions, ModelInfo, open_backend
 
     model = ModelInfo.load()
-    settings = {"url": url, "model_name": "av_digits"} if kind == "triton" else {}
+    # (a long timeout: this measures the server, not the engine's deadline)
+    settings = {"url": url, "model_name": "av_digits", "timeout_ms": 10_000}
+    settings = settings if kind == "triton" else {}
     backend: Any = open_backend(kind, model, BackendOptions(max_batch=1, settings=settings))
     feeds = model.example_inputs(1)
     lat: list[float] = []
@@ -58,7 +60,7 @@ def worker(kind: str, url: str, seconds: float, rate: float) -> dict[str, Any]:
             while len(out) < backend.max_in_flight:
                 out.append((time.perf_counter(), backend.submit(feeds)))
             t0, fut = out.popleft()
-            fut.result(timeout=5)
+            fut.result(timeout=15)
             lat.append(time.perf_counter() - t0)
             done += 1
     else:

@@ -135,6 +135,15 @@ class ModelInfo:
         fixed = any(t.shape and t.shape[0] == 1 for t in ins)
         return cls(p, contract, sha, shapes, 1 if fixed else None, meta)
 
+    @classmethod
+    def served(
+        cls, where: str, contract: Contract, input_shapes: dict[str, tuple[int, ...]]
+    ) -> ModelInfo:
+        """A model known only by its contract and its inputs' shapes, as a server serves it
+        (no local file: ``sha256`` is that of the contract's JSON)."""
+        sha = hashlib.sha256(contract.to_json().encode()).hexdigest()
+        return cls(Path(where), contract, sha, input_shapes, None, {"contract": contract})
+
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(self.contract.labels)

@@ -152,6 +152,10 @@ class TritonSection(_Section):
     timeout_ms: Annotated[
         float, _opt("a request not answered this soon has failed (then fallback)", gt=0, le=60_000)
     ] = 200.0
+    contract: Annotated[
+        Literal["file", "server"],
+        _opt("file: engine.model's; server: the model config's streamfuse.contract parameter"),
+    ] = "file"
     shared_memory: Annotated[
         Literal["auto", "off"],
         _opt("auto: inputs through system shared memory when the server is on this host"),

@@ -142,7 +142,7 @@ class Engine:
         self.virtual = virtual
         """Lockstep: time is what the caller passes in; no wall clock is read."""
         self._model_signature = _signature(_model_path(cfg))  # (before reading it)
-        self.model = ModelInfo.load(cfg.engine.model)
+        self.model = load_model(cfg)
         self.frames = self.model.image.frames if self.model.image is not None else 1
         fits(self.model, cfg, self.frames)
         if backend is None:
@@ -830,7 +830,7 @@ class ModelWatch:
     def _load(self) -> None:
         engine = self.engine
         try:
-            model = ModelInfo.load(self.path)
+            model = load_model(engine.cfg)
             if model.sha256 == engine.model.sha256:
                 return
             fits(model, engine.cfg, engine.frames)
@@ -849,6 +849,16 @@ class ModelWatch:
             if self._ready is not None:
                 self._ready[1].close()
                 self._ready = None
+
+
+def load_model(cfg: RunConfig) -> ModelInfo:
+    """``engine.model``, or the model as the Triton server serves it (``contract: server``)."""
+    if cfg.engine.backend == "triton" and cfg.engine.triton.contract == "server":
+        from .backend import _backend_class
+
+        served: ModelInfo = _backend_class("triton").served_model(backend_options(cfg).settings)
+        return served
+    return ModelInfo.load(cfg.engine.model)
 
 
 def _model_path(cfg: RunConfig) -> Path:

@@ -31,6 +31,20 @@ def main() -> None:
 
     path, name, grpc_port, http_port, metrics_port = sys.argv[1:6]
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    # The model's contract in its model config, as `streamfuse triton export-repo` writes it
+    # (pytriton has no setting for model config parameters: its generated config, extended).
+    from pytriton.models.model import Model
+
+    props = sess.get_modelmeta().custom_metadata_map
+    generate = Model._get_triton_model_config
+
+    def with_contract(self: Model) -> object:
+        config = generate(self)
+        if "streamfuse.contract" in props:
+            config.backend_parameters["streamfuse.contract"] = props["streamfuse.contract"]
+        return config
+
+    Model._get_triton_model_config = with_contract  # type: ignore[method-assign]
     types = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16}
 
     def tensors(values: list) -> list[Tensor]:  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -103,6 +104,43 @@ class TritonBackend:
         if s.get("shared_memory", "auto") == "auto" and _local(self.url):
             self._register_shm()
         self._lock = threading.Lock()
+
+    @classmethod
+    def served_model(cls, settings: dict[str, Any]) -> ModelInfo:
+        """The model as the server serves it: its contract from the model config's
+        ``streamfuse.contract`` parameter (``streamfuse triton export-repo`` writes it), the
+        inputs' shapes from the model metadata."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        from streamfuse.contract import METADATA_KEY, Contract
+        from streamfuse.errors import ConfigError
+
+        url, name = str(settings.get("url")), str(settings.get("model_name") or "")
+        version = str(settings.get("model_version", ""))
+        if not name:
+            raise ConfigError("engine.triton.model_name", "name the model (contract: server)")
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            config = client.get_model_config(name, version, as_json=True, client_timeout=5.0)
+            meta = client.get_model_metadata(name, version, as_json=True, client_timeout=5.0)
+        except InferenceServerException as exc:
+            raise BackendError(cls.name, f"{url}: model {name!r}: {_why(exc)}") from None
+        finally:
+            client.close()
+        raw = config.get("config", {}).get("parameters", {}).get(METADATA_KEY, {})
+        if "string_value" not in raw:
+            raise BackendError(
+                cls.name,
+                f"{url}: model {name!r} has no {METADATA_KEY} parameter "
+                "(streamfuse triton export-repo writes it); use contract: file",
+            )
+        try:
+            contract = Contract.parse(json.loads(raw["string_value"]), f"{url} {name}: contract")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{url} {name}: contract", f"not JSON: {exc}") from None
+        shapes = {t["name"]: tuple(int(d) for d in t["shape"][1:]) for t in meta["inputs"]}
+        return ModelInfo.served(f"triton://{url}/{name}", contract, shapes)
 
     def _check(self, meta: dict[str, Any]) -> None:
         """The server's tensors against the contract: names, datatypes, per-sample shapes."""

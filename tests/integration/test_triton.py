@@ -99,6 +99,26 @@ def test_classifications_through_triton_equal_local_onnxruntime(server: Server, 
         remote.close()
 
 
+def test_the_contract_can_come_from_the_server(server: Server) -> None:
+    """``engine.triton.contract: server``: no local model file; the contract from the model
+    config's ``streamfuse.contract`` parameter, the input shapes from the model metadata."""
+    from streamfuse_plugins.backends.triton_backend import TritonBackend
+
+    settings = {"url": server.url, "model_name": "av_digits"}
+    served = TritonBackend.served_model(settings)
+    local = ModelInfo.load()
+    assert served.contract == local.contract and served.input_shapes == local.input_shapes
+    assert str(served.path) == f"triton://{server.url}/av_digits"
+    remote = open_backend("triton", served, BackendOptions(max_batch=8, settings=settings))
+    try:
+        feeds = local.example_inputs(3)
+        want = open_backend("onnxruntime", local).infer(feeds)
+        got = remote.infer(feeds)
+        np.testing.assert_allclose(got["probs"], want["probs"], rtol=0, atol=1e-5)
+    finally:
+        remote.close()
+
+
 def test_what_the_server_refuses_is_one_clear_error(server: Server, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match=rf"backend triton: {server.url}: model 'nope': .*"):
         _triton(server.url, model_name="nope")
