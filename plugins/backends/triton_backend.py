@@ -140,7 +140,7 @@ class TritonBackend:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{url} {name}: contract", f"not JSON: {exc}") from None
         shapes = {t["name"]: tuple(int(d) for d in t["shape"][1:]) for t in meta["inputs"]}
-        return ModelInfo.served(f"triton://{url}/{name}", contract, shapes)
+        return ModelInfo.served(f"triton:{url}/{name}", contract, shapes)
 
     def _check(self, meta: dict[str, Any]) -> None:
         """The server's tensors against the contract: names, datatypes, per-sample shapes."""

@@ -108,7 +108,7 @@ def test_the_contract_can_come_from_the_server(server: Server) -> None:
     served = TritonBackend.served_model(settings)
     local = ModelInfo.load()
     assert served.contract == local.contract and served.input_shapes == local.input_shapes
-    assert str(served.path) == f"triton://{server.url}/av_digits"
+    assert str(served.path) == f"triton:{server.url}/av_digits"
     remote = open_backend("triton", served, BackendOptions(max_batch=8, settings=settings))
     try:
         feeds = local.example_inputs(3)
