@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -235,8 +236,37 @@ def test_a_lossless_publisher_stops_waiting_for_a_reader_that_died(
         assert sent == 10, "the publisher should give up on a dead reader"
 
 
+REAL = "(the live publisher's segment)"
+
+
+def _expected(ref: bytes, slots: int, capacity: int) -> str:
+    """The reason a reference must be rejected for, from the protocol's rules (not the
+    code): not a [str, int, int, int] array, or not a streamfuse segment name -> malformed;
+    no such segment -> shm_unavailable; slot or size outside the live segment -> malformed;
+    an in-range slot holding another generation -> overwritten."""
+    try:
+        value = msgpack.unpackb(ref)
+    except Exception:
+        return "malformed"
+    if not (isinstance(value, list) and len(value) == 4 and isinstance(value[0], str)
+            and all(type(v) is int for v in value[1:])):  # fmt: skip
+        return "malformed"
+    name, slot, _gen, size = value
+    if name != REAL:
+        return "malformed" if not re.match(r"^sf-[0-9]+-[0-9a-f]{8}$", name) else "shm_unavailable"
+    if not (0 <= slot < slots and 0 <= size <= capacity):
+        return "malformed"
+    return "overwritten"  # (no slot ever holds a generation this test made up)
+
+
+edge_ints = st.one_of(
+    st.integers(-2, 12),
+    st.sampled_from([-1, -(2**63), 2**63 - 1, 2**63, 2**64 - 1, 99, W * H * 3, W * H * 3 + 1]),
+)
+
+
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     ref=st.one_of(
@@ -245,30 +275,41 @@ def test_a_lossless_publisher_stops_waiting_for_a_reader_that_died(
             msgpack.packb
         ),
         st.tuples(
-            st.sampled_from(["sf-1-deadbeef", "../../etc/passwd", "psm_1234", "sf-x-12345678"]),
-            st.integers(-2, 10),
-            st.integers(-2, 10),
-            st.integers(-2, 10**9),
+            st.sampled_from([REAL, REAL, "sf-1-deadbeef", "../../etc/passwd", "psm_1234"]),
+            edge_ints,
+            st.integers(10**6, 2**63 - 1),  # a generation no slot holds
+            edge_ints,
         ).map(lambda t: msgpack.packb(list(t))),
     )
 )
 def test_garbage_shared_memory_references_are_rejected_by_reason(
     endpoint: str, zctx: zmq.Context, ref: bytes
 ) -> None:
-    raw = zctx.socket(zmq.PUB)
-    raw.bind(endpoint)
-    with Subscriber(endpoint, context=zctx) as sub:
-        hdr, img = frame(1)
-        raw_header = m.encode(hdr)
-        deadline = time.monotonic() + 5
-        while sum(sub.rejected.values()) == 0 and time.monotonic() < deadline:
-            raw.send_multipart([b"video/front", raw_header, TAG, ref])
-            assert sub.recv(timeout=0.02) is None
-        # and the subscriber still takes a good message afterwards
-        raw.send_multipart([b"video/front", raw_header, img])
-        assert sub.recv(timeout=5) is not None
-    raw.close(linger=0)
-    assert set(sub.rejected) <= {"malformed", "shm_unavailable"} and sub.rejected
+    """Each reference is rejected for the reason the protocol gives (one reason, exactly),
+    the slot and size bounds of a real, live segment included (slot -1 must not read the
+    last slot; slot 99 must not raise out of recv)."""
+    live = endpoint + "-live"
+    before = segments(os.getpid())
+    with Publisher(live, shm_slots=8, context=zctx) as pub, Subscriber(live, context=zctx) as keep:
+        assert pub.wait_for_subscriber(5, b"video/front")
+        pub.send("video/front", *frame(0))  # a real segment of 8 slots
+        assert keep.recv(timeout=5) is not None
+        (name,) = segments(os.getpid()) - before
+        raw = zctx.socket(zmq.PUB)
+        raw.bind(endpoint)
+        with Subscriber(endpoint, context=zctx) as sub:
+            hdr, img = frame(1)
+            raw_header = m.encode(hdr)
+            body = ref.replace(msgpack.packb(REAL), msgpack.packb(name))
+            deadline = time.monotonic() + 5
+            while sum(sub.rejected.values()) == 0 and time.monotonic() < deadline:
+                raw.send_multipart([b"video/front", raw_header, TAG, body])
+                assert sub.recv(timeout=0.02) is None
+            assert dict(sub.rejected) and set(sub.rejected) == {_expected(ref, 8, W * H * 3)}
+            # and the subscriber still takes a good message afterwards
+            raw.send_multipart([b"video/front", raw_header, img])
+            assert sub.recv(timeout=5) is not None
+        raw.close(linger=0)
 
 
 def test_a_reader_that_keeps_up_keeps_the_ring_small_in_memory(

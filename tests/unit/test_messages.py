@@ -37,11 +37,32 @@ audio = st.builds(
     **{**base, "t_capture": st.integers(0, m.MAX_INT - m.MAX_WINDOW_NS - 1)},
 )
 probabilities = st.floats(0.0, 1.0)
+names = st.text(min_size=1, max_size=12)
+input_ref = st.builds(
+    m.InputRef,
+    stream=names,
+    seq=nanos,
+    t0=nanos,
+    t1=nanos,
+    media_t0=st.none() | nanos,
+    media_t1=st.none() | nanos,
+)
 classification = st.builds(
     m.Classification,
     label=st.text(max_size=10),
     score=probabilities,
     topk=st.lists(st.tuples(st.text(max_size=5), probabilities), max_size=3),
+    image_label=st.none() | st.text(max_size=10),
+    image_score=st.none() | probabilities,
+    audio_label=st.none() | st.text(max_size=10),
+    audio_score=st.none() | probabilities,
+    degraded=st.booleans(),
+    missing=st.lists(names, max_size=3),
+    inputs=st.lists(input_ref, max_size=3),
+    latency=st.dictionaries(st.text(max_size=10), st.integers(0, 2**62), max_size=7),
+    model=st.text(max_size=12),
+    backend=st.text(max_size=20),
+    reasons=st.dictionaries(names, names, max_size=3),
     **base,
 )
 counters = st.dictionaries(st.text(max_size=10), st.integers(0, 2**31), max_size=4)
@@ -97,11 +118,38 @@ def test_plain_msgpack_reads_every_kind(h: m.Message) -> None:
             m.Heartbeat: "heartbeat",
         }[type(h)]
     )
-    for field in h.__struct_fields__:
-        expected = getattr(h, field)
-        if isinstance(expected, list):  # tuples travel as arrays
-            expected = [list(x) for x in expected]
-        assert plain[field] == expected, field
+    # the keys on the wire are those docs/protocol.md lists, not the struct's own names
+    assert set(plain) == WIRE_COMMON | WIRE_KEYS[plain["kind"]]
+    for key in set(plain) - {"kind"}:
+        expected = getattr(h, key)
+        if key == "inputs":  # maps with the documented keys
+            expected = [{k: getattr(r, k) for k in WIRE_INPUT} for r in expected]
+        elif isinstance(expected, list):  # tuples travel as arrays
+            expected = [list(x) if isinstance(x, tuple) else x for x in expected]
+        assert plain[key] == expected, key
+
+
+#: The wire keys of docs/protocol.md's tables, written out here (a renamed field fails).
+WIRE_COMMON = {"kind", "v", "stream", "seq", "t_capture", "t_wall", "media_pos"}
+WIRE_KEYS = {
+    "video": {"width", "height", "pixel_format", "encoding"},
+    "audio": {"sample_rate", "channels", "sample_format", "n_samples"},
+    "classification": {"label", "score", "topk", "image_label", "image_score", "audio_label",
+                       "audio_score", "degraded", "missing", "inputs", "latency", "model",
+                       "backend", "reasons"},
+    "heartbeat": {"source", "pid", "uptime_ns", "sent", "rate_hz", "drops", "errors",
+                  "last_error", "state", "depths", "received", "clock_sync", "clock_error_ns",
+                  "clock_offsets_ns", "model_swaps"},
+}  # fmt: skip
+WIRE_INPUT = {"stream", "seq", "t0", "t1", "media_t0", "media_t1"}
+
+
+def test_the_wire_keys_here_are_the_documented_ones() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for key in sorted(WIRE_COMMON | set().union(*WIRE_KEYS.values()) | WIRE_INPUT):
+        assert f"`{key}`" in doc, key
 
 
 def test_a_message_built_with_plain_msgpack_decodes() -> None:
@@ -217,7 +265,14 @@ def test_arrays_are_views_of_the_payload() -> None:
     env = m.decode([b"t", m.encode(VF), bytes(range(24))])
     img = m.image_array(env)
     assert img.shape == (2, 4, 3) and img[1, 3, 2] == 23
-    assert not img.flags.writeable or img.base is not None
+    assert env.payload is not None
+    assert np.shares_memory(img, np.frombuffer(env.payload, np.uint8))  # a copy fails
+    aw = m.AudioWindow(stream="a", t_capture=1, sample_rate=8000, channels=2, n_samples=3)
+    pcm = np.arange(6, dtype="<f4")
+    env = m.decode([b"audio/a", m.encode(aw), pcm.tobytes()])
+    x = m.audio_array(env)
+    assert x.shape == (3, 2) and x[2, 1] == 5.0
+    assert env.payload is not None and np.shares_memory(x, np.frombuffer(env.payload, np.uint8))
 
 
 def test_audio_window_end_time() -> None:
