@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +46,22 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         stderr=subprocess.PIPE,
         text=True,
     )
+    # Both pipes drained all along: a 64 KiB pipe nobody reads (results come 4/s) would
+    # block the supervisor after a few tens of seconds, and later tests see a frozen daemon.
+    lines: queue.Queue[str] = queue.Queue()
+    err: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
     try:
         health = wait_healthy(cfg["http"]["port"])
-        yield {"proc": proc, "cfg": cfg, "health": health, "output": cfg["engine"]["output"]}
+        yield {"proc": proc, "cfg": cfg, "health": health, "output": cfg["engine"]["output"],
+               "lines": lines}  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def test_health_and_metrics(daemon: dict[str, Any]) -> None:
@@ -81,13 +93,15 @@ def test_health_and_metrics(daemon: dict[str, Any]) -> None:
 
 
 def test_json_lines_are_complete_classifications(daemon: dict[str, Any]) -> None:
-    proc = daemon["proc"]
+    lines = daemon["lines"]
+    while not lines.empty():  # the newest, not what queued up while other tests ran
+        lines.get_nowait()
     decoder = msgspec.json.Decoder(Classification)
-    first = decoder.decode(proc.stdout.readline())
+    first = decoder.decode(lines.get(timeout=15))
     while first.degraded:  # the first windows may start before the camera's first frame
         assert first.missing == ["video/front"]
-        first = decoder.decode(proc.stdout.readline())
-    results = [first, *(decoder.decode(proc.stdout.readline()) for _ in range(5))]
+        first = decoder.decode(lines.get(timeout=15))
+    results = [first, *(decoder.decode(lines.get(timeout=15)) for _ in range(5))]
     for r in results:
         assert r.stream == "front" and r.label in {str(i) for i in range(10)}
         assert 0 < r.score <= 1 and next(t[0] for t in r.topk) == r.label
