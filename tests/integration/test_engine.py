@@ -45,7 +45,10 @@ def engine_behind_sockets(
     try:
         assert cam.wait_for_subscriber(10, topic=b"video/front")
         assert mic.wait_for_subscriber(10, topic=b"audio/mic0")
-        time.sleep(0.3)  # the engine's own result subscription (out) settles too
+        # and the results' subscription is through: a heartbeat of the engine arrives
+        deadline = time.monotonic() + 10
+        while not isinstance(getattr(out.recv(timeout=0.5), "header", None), Heartbeat):
+            assert time.monotonic() < deadline, "no heartbeat from the engine"
         yield engine, cam, mic, out
         assert thread.is_alive(), "the engine ended"
     finally:
@@ -121,7 +124,10 @@ def test_garbage_in_is_counted_and_the_engine_keeps_classifying(tmp_path: Path) 
     assert beat.drops.get("rejected_unknown_version") == 1
     assert beat.drops.get("rejected_size_mismatch") == 1
     assert beat.errors == {"preprocess": 1}
-    assert "broken" not in (beat.last_error or "") or "video/front" in (beat.last_error or "")
+    assert beat.last_error is not None  # the broken JPEG's, naming the camera
+    assert beat.last_error.startswith("video/front:") and "JPEG payload does not decode" in (
+        beat.last_error
+    )
 
 
 def test_hostile_messages_are_rejected_by_reason_and_never_stop_the_engine(
