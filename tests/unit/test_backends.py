@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -198,33 +199,40 @@ SLOT = {"model_sha256": "ab" * 32, "precision": "fp16", "max_batch": 8}
 KEY = {**SLOT, "tensorrt": "10.13.0", "gpu": "Orin", "compute_capability": "8.7"}
 
 
-def _race(root: str, log_path: str, start: float) -> None:
+def _race(root: str, log_path: str, barrier: Any) -> None:
     def build() -> bytes:
         with open(log_path, "a") as f:
-            f.write("built\n")
-        time.sleep(0.3)  # long enough that every other process arrives meanwhile
+            f.write(f"built {time.time()}\n")
+        time.sleep(0.5)  # long enough that every other process arrives meanwhile
+        with open(log_path, "a") as f:
+            f.write(f"done {time.time()}\n")
         return b"PLAN" * 1000
 
-    while time.time() < start:
-        time.sleep(0.001)
+    barrier.wait(timeout=60)  # all four imported and here: they start together
+    with open(log_path, "a") as f:
+        f.write(f"enter {time.time()}\n")
     hit = EngineCache(Path(root)).get_or_build(SLOT, KEY, build)
     assert hit.data == b"PLAN" * 1000
 
 
 def test_processes_starting_together_build_once(tmp_path: Path) -> None:
     log_path = tmp_path / "builds.log"
-    start = time.time() + 0.5
     ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
     procs = [
-        ctx.Process(target=_race, args=(str(tmp_path / "cache"), str(log_path), start))
+        ctx.Process(target=_race, args=(str(tmp_path / "cache"), str(log_path), barrier))
         for _ in range(4)
     ]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(30)
+        p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert log_path.read_text().count("built") == 1
+    events = [line.split() for line in log_path.read_text().splitlines()]
+    assert [e for e, _ in events].count("built") == 1
+    # and they did race: all four asked for the engine while it was being built
+    done = next(float(t) for e, t in events if e == "done")
+    assert sum(1 for e, t in events if e == "enter" and float(t) < done) == 4
     leftovers = [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"]
     assert leftovers == []
 
