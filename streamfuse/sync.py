@@ -238,8 +238,8 @@ class Synchronizer:
             self.drops["duplicate"] += 1
             return
         if len(q.times) > self.config.max_frames:
-            q.pop_front(1)
-            self.drops["overflow"] += 1
+            # a frame already paired that leaves a full queue is not lost: not counted
+            self.drops["overflow"] += q.pop_front(1)
 
     def _add_window(self, topic: str, h: AudioWindow, offset: int, env: Envelope) -> None:
         t0 = h.t_capture - offset

@@ -381,3 +381,127 @@ def test_irregular_cameras_with_offsets_get_their_offline_optimum(
         for name in names:
             best = [min(truth[name], key=lambda f: (abs(f[0] - x), f[0]))[1] for x in targets]
             assert [e.header.seq for e in b.frames[name]] == best
+
+
+# -- edges a mutant would move (issue 21): each test fails if its rule is bent ----------------
+
+
+def test_a_frame_exactly_tolerance_away_is_paired_and_one_ns_more_is_not() -> None:
+    for dt, paired in ((50 * MS, True), (50 * MS + 1, False)):
+        sync = Synchronizer(SyncConfig(cameras=("video/a",), tolerance=50 * MS, max_wait=S))
+        sync.push(window("audio/m", 0, ms=200), 201 * MS)  # centre at 100 ms
+        (b,) = sync.push(frame("video/a", 100 * MS + dt), 202 * MS)  # past the centre: decided
+        assert bool(b.frames["video/a"]) is paired, dt
+
+
+def test_reorder_holds_a_window_until_a_frame_that_far_past_its_target() -> None:
+    cfg = SyncConfig(cameras=("video/a",), reorder=30 * MS, max_wait=10 * S)
+    sync = Synchronizer(cfg)
+    sync.push(window("audio/m", 0, ms=200), 201 * MS)
+    assert sync.push(frame("video/a", 129 * MS), 202 * MS) == []  # 29 ms past: not yet
+    # an earlier frame may still come (reordering): it does, and is the nearer one
+    assert sync.push(frame("video/a", 101 * MS), 203 * MS) == []
+    (b,) = sync.push(frame("video/a", 130 * MS), 204 * MS)  # 30 ms past the centre: decided
+    assert b.decided_by == "complete" and b.frames["video/a"][0].header.t_capture == 101 * MS
+
+
+def test_a_frame_older_than_the_last_window_minus_tolerance_is_late_and_not_before() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), tolerance=50 * MS, max_wait=S))
+    sync.push(window("audio/m", 1 * S, ms=200), 1201 * MS)
+    sync.push(frame("video/a", 1100 * MS), 1202 * MS)  # decides it: the floor is now 1 s
+    sync.push(frame("video/a", 950 * MS), 1203 * MS)  # floor - tolerance exactly: kept
+    assert sync.drops["late"] == 0
+    sync.push(frame("video/a", 950 * MS - 1), 1204 * MS)
+    assert sync.drops["late"] == 1
+
+
+def test_frames_past_retain_are_let_go_and_counted_and_not_a_ns_before() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), retain=2 * S))
+    for i in range(3):
+        sync.push(frame("video/a", i * MS), i * MS)
+    sync.poll(2 * S)  # the oldest is exactly retain old: kept
+    assert sync.depths()["video/a"] == 3 and sync.drops["unpaired"] == 0
+    sync.poll(2 * S + 1)
+    assert sync.depths()["video/a"] == 2 and sync.drops["unpaired"] == 1
+
+
+def test_a_tie_between_two_frames_goes_to_the_earlier() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_wait=S))
+    sync.push(window("audio/m", 0, ms=200), 201 * MS)
+    sync.push(frame("video/a", 90 * MS), 202 * MS)
+    (b,) = sync.push(frame("video/a", 110 * MS), 203 * MS)  # both 10 ms from the centre
+    assert b.frames["video/a"][0].header.t_capture == 90 * MS
+
+
+# -- scenarios drawn by hypothesis itself (it shrinks and aims), with a conservation law -------
+
+
+@st.composite
+def drawn(draw: st.DrawFn) -> tuple[SyncConfig, list[tuple[int, Envelope | None]]]:
+    """A small world: 1-2 cameras, a microphone, every time drawn (ties, exact-tolerance
+    frames, reordering, duplicates, old frames, windows out of order), small queues."""
+    cams = [f"video/c{i}" for i in range(draw(st.integers(1, 2)))]
+    tol = draw(st.sampled_from([0, 10 * MS, 33 * MS]))
+    cfg = SyncConfig(
+        cameras=tuple(cams),
+        policy=draw(st.sampled_from(["nearest-center", "k-frames"])),
+        k=draw(st.integers(1, 3)),
+        tolerance=tol,
+        max_wait=draw(st.sampled_from([0, 50 * MS, 300 * MS])),
+        reorder=draw(st.sampled_from([0, 20 * MS])),
+        max_frames=draw(st.integers(1, 6)),
+        max_windows=draw(st.integers(1, 3)),
+        retain=draw(st.sampled_from([300 * MS, 3 * S])),
+    )
+    events: list[tuple[int, Envelope | None]] = []
+    seq: dict[str, int] = {}
+    for _ in range(draw(st.integers(1, 40))):
+        now = draw(st.integers(0, 3 * S))
+        kind = draw(st.sampled_from(["frame", "frame", "frame", "window", "tick"]))
+        if kind == "tick":
+            events.append((now, None))
+            continue
+        if kind == "window":
+            t0 = draw(st.integers(0, 2 * S).map(lambda t: t - t % (50 * MS)))
+            events.append((now, window("audio/m", t0, ms=draw(st.sampled_from([100, 200])))))
+            continue
+        cam = draw(st.sampled_from([*cams, "video/stranger"]))
+        # on a 10 ms grid (ties and exact-tolerance distances happen), or anywhere
+        t = draw(st.integers(0, 300).map(lambda k: k * 10 * MS) | st.integers(0, 3 * S))
+        seq[cam] = seq.get(cam, 0) + 1
+        env = frame(cam, t, seq=seq[cam])
+        events.append((now, env))
+        if draw(st.integers(0, 9)) == 0:  # the same delivery again
+            events.append((now, env))
+    events.sort(key=lambda e: e[0])  # receive order is time order; capture times are not
+    return cfg, events
+
+
+@settings(max_examples=300, deadline=None)
+@given(drawn())
+def test_every_message_is_paired_dropped_by_reason_or_still_held(
+    world: tuple[SyncConfig, list[tuple[int, Envelope | None]]],
+) -> None:
+    """Conservation: what was pushed = what went out + what was dropped, by reason, + what
+    the synchronizer still holds. Every pairing within tolerance of its target."""
+    cfg, events = world
+    sync = Synchronizer(cfg)
+    out: list[Bundle] = []
+    for now, env in events:
+        out += sync.poll(now) if env is None else sync.push(env, now)
+        d = sync.depths()
+        assert all(d[c] <= cfg.max_frames for c in cfg.cameras) and d["windows"] <= cfg.max_windows
+    pushed_frames = sum(1 for _, e in events if e is not None and e.topic.startswith(b"video/"))
+    pushed_windows = sum(1 for _, e in events if e is not None and e.topic.startswith(b"audio/"))
+    held = {id(e) for q in sync._queues.values() for e in q.envs}
+    used = {id(e) for b in out for envs in b.frames.values() for e in envs}
+    # each message ends in exactly one place (a duplicate delivery: kept once, dropped once)
+    kept = len(held) + len(used - held) + len(out) + sync.depths()["windows"]
+    assert pushed_frames + pushed_windows == kept + sum(sync.drops.values()), dict(sync.drops)
+    for b in out:
+        k = cfg.k if cfg.policy == "k-frames" else 1
+        targets = [b.t0 + (2 * j + 1) * (b.t1 - b.t0) // (2 * k) for j in range(k)]
+        for envs in b.frames.values():
+            assert len(envs) <= k
+            for e in envs:
+                assert min(abs(e.header.t_capture - x) for x in targets) <= cfg.tolerance
