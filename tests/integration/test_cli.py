@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -89,11 +90,18 @@ def test_demo_classifies_the_generated_session() -> None:
     assert report["backend"].startswith("onnxruntime/") or report["backend"].startswith("tensorrt")
 
 
-def test_devices_lists_what_exists() -> None:
-    res = run_cli("devices", "--json")
+def test_devices_lists_what_exists(pulse: dict[str, str]) -> None:
+    """Against what is there: the V4L2 nodes (none can be emulated here), and with a
+    PulseAudio server up, PortAudio's `pulse` input; without it, no microphone at all."""
+    res = run_cli("devices", "--json", env=pulse)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert isinstance(out["cameras"], list) and isinstance(out["microphones"], list)
+    nodes = sorted(Path("/dev").glob("video*"))
+    assert [c.rsplit("(", 1)[1].rstrip(")") for c in out["cameras"]] == [str(n) for n in nodes]
+    assert any(re.fullmatch(r"\d+: pulse \(\d+ in, \d+ Hz\)", m) for m in out["microphones"])
+    assert all(re.fullmatch(r"\d+: .+ \(\d+ in, \d+ Hz\)", m) for m in out["microphones"])
+    text = run_cli("devices", env=pulse).stdout
+    assert text.startswith("cameras:\n") and "microphones:\n" in text and ": pulse (" in text
 
 
 def test_unknown_command_and_option_are_usage_errors() -> None:
