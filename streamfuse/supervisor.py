@@ -102,6 +102,9 @@ class Child:
     heartbeat: str | None = None
     """The stream its heartbeats name (``result/`` for the engine, its topic for a sensor)."""
     hangs: int = 0
+    killed: bool = False
+    """Killed as hung, not yet reaped (a many-threaded process can take a while to go:
+    it is not hung a second time meanwhile)."""
     proc: subprocess.Popen[bytes] | None = None
     last_pid: int | None = None
     started_at: float = 0.0
@@ -478,8 +481,9 @@ class Supervisor:
             if rc is None:
                 if child.backoff and now - child.started_at > STABLE_S:
                     child.backoff = 0.0
-                if self._hung(child, now):
+                if not child.killed and self._hung(child, now):
                     child.hangs += 1
+                    child.killed = True
                     log.warning(
                         "%s (pid %d) sent no heartbeat for %.1f s: killing it",
                         child.name,
@@ -489,7 +493,7 @@ class Supervisor:
                     child.proc.kill()  # reaped on the next round, then restarted as a crash
                 continue
             child.exit_codes.append(rc)
-            child.proc = None
+            child.proc, child.killed = None, False
             if rc == 0 and child.name == "replay":
                 child.done = True  # a recording replayed to its end
                 continue
@@ -572,6 +576,7 @@ class Supervisor:
         except (OSError, ValueError):
             return False  # it died this instant: a plain restart
         engine.proc, engine.last_pid, engine.started_at = standby.proc, standby.proc.pid, now
+        engine.killed = False
         engine.restarts += 1
         standby.proc = None
         # A new one once this one has settled: loading a model takes a core for ~1 s, which
