@@ -505,3 +505,90 @@ def test_every_message_is_paired_dropped_by_reason_or_still_held(
             assert len(envs) <= k
             for e in envs:
                 assert min(abs(e.header.t_capture - x) for x in targets) <= cfg.tolerance
+
+
+#: Every SyncConfig refusal: (the settings, the field named, the whole message).
+REFUSALS = [
+    ({"cameras": ()}, "sync.cameras", "name at least one stream"),
+    ({"cameras": ("video/a", "video/a")}, "sync.cameras",
+     "lists a stream twice: ['video/a', 'video/a']"),
+    ({"policy": "psychic"}, "sync.policy", "unknown policy 'psychic'"),
+    ({"policy": "approximate-time"}, "sync.cameras", "approximate-time needs at least two streams"),
+    ({"max_wait": None}, "sync.max_wait", "only approximate-time can wait for ever (None)"),
+    ({"cameras": ("s/a", "s/b"), "policy": "approximate-time", "age_penalty": -0.5},
+     "sync.age_penalty", "must be >= 0, got -0.5"),
+    ({"k": 0}, "sync.k", "must be >= 1, got 0"),
+    ({"tolerance": -1}, "sync.tolerance", "must be >= 0, got -1"),
+    ({"max_wait": -1}, "sync.max_wait", "must be >= 0, got -1"),
+    ({"cameras": ("s/a", "s/b"), "policy": "approximate-time", "max_interval": -2},
+     "sync.max_interval", "must be >= 0, got -2"),
+    ({"reorder": -3}, "sync.reorder", "must be >= 0, got -3"),
+    ({"max_frames": 0}, "sync.max_frames", "must be >= 1, got 0"),
+    ({"max_windows": 0}, "sync.max_windows", "must be >= 1, got 0"),
+    ({"retain": -1}, "sync.retain", "must be >= 0, got -1"),
+    ({"cameras": ("s/a", "s/b"), "policy": "approximate-time", "offsets": {"s/x": 1}},
+     "sync.offsets", "names streams not in sync.cameras: ['s/x']"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("settings", "field", "message"), REFUSALS)
+def test_each_refusal_names_its_field_in_one_exact_line(
+    settings: dict[str, object], field: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        SyncConfig(**{"cameras": ("video/a",), **settings})  # type: ignore[arg-type]
+    assert (info.value.field, info.value.problem) == (field, message)
+    assert str(info.value) == f"{field}: {message}"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"k": 1, "tolerance": 0, "max_wait": 0, "reorder": 0, "retain": 0},
+        {"max_frames": 1, "max_windows": 1},
+        {"offsets": {"video/other": 5}},  # window policies allow offsets of any topic
+        {"cameras": ("s/a", "s/b"), "policy": "approximate-time", "max_wait": None,
+         "age_penalty": 0.0, "max_interval": 0},
+    ],
+)  # fmt: skip
+def test_the_boundaries_themselves_are_accepted(settings: dict[str, object]) -> None:
+    SyncConfig(**{"cameras": ("video/a",), **settings})  # type: ignore[arg-type]
+
+
+def test_an_offset_on_the_microphone_moves_its_windows() -> None:
+    cfg = SyncConfig(cameras=("video/a",), offsets={"audio/m": 40 * MS}, max_wait=S)
+    sync = Synchronizer(cfg)
+    sync.push(window("audio/m", 240 * MS, ms=200), 441 * MS)  # corrected: [200, 400) ms
+    (b,) = sync.push(frame("video/a", 300 * MS), 442 * MS)  # its centre exactly: decided
+    assert (b.t0, b.t1) == (200 * MS, 400 * MS) and b.frames["video/a"]
+
+
+def test_a_window_delivered_twice_is_counted_once_as_a_duplicate() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_wait=S))
+    w = window("audio/m", 0, ms=200)
+    sync.push(w, 201 * MS)
+    sync.push(w, 202 * MS)  # pending: the same again
+    (b,) = sync.poll(2 * S)
+    sync.push(w, 2 * S + 1)  # already out: the same again
+    assert sync.drops == {"duplicate": 2} and b.t1 == 200 * MS
+
+
+def test_window_ends_stay_integer_nanoseconds() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_wait=0))
+    h = AudioWindow(stream="m", t_capture=0, sample_rate=48000, channels=1, n_samples=1)
+    (b,) = sync.push(Envelope(b"audio/m", h, None), S)
+    assert b.t1 == 20833 and type(b.t1) is int  # 1 / 48000 s, floored, not a float
+
+
+def test_approximate_time_sets_are_complete_and_max_interval_binds() -> None:
+    cfg = SyncConfig(cameras=("s/a", "s/b"), policy="approximate-time",
+                     min_period={"s/a": 30 * MS, "s/b": 30 * MS})  # fmt: skip
+    sync = Synchronizer(cfg)
+    sync.push(frame("s/a", 100 * MS), 101 * MS)
+    (b,) = sync.push(frame("s/b", 105 * MS), 106 * MS)
+    assert (b.missing, b.decided_by, b.audio) == ((), "complete", None)
+    assert {k: [e.header.t_capture for e in v] for k, v in b.frames.items()} == {
+        "s/a": [100 * MS], "s/b": [105 * MS]}  # fmt: skip
+    narrow = Synchronizer(SyncConfig(**{**cfg.__dict__, "max_interval": 4 * MS}))
+    narrow.push(frame("s/a", 100 * MS), 101 * MS)
+    assert narrow.push(frame("s/b", 105 * MS), 106 * MS) == []  # 5 ms apart: too wide
