@@ -81,7 +81,7 @@ def preprocessing(iters: int, repeats: int) -> list[dict[str, Any]]:
     params.datalayout = cv2.DATA_LAYOUT_NCHW
     params.paddingmode = cv2.dnn.DNN_PMODE_NULL
     blob = cv2.dnn.blobFromImageWithParams(img, params)
-    ours = prep.batch(prep.pixels(env)[None], [False])
+    ours = prep.batch(prep.pixels(env)[None])
     agree = float(np.abs(blob - ours).max())  # the peer computes the same thing
     pcm = (rng.standard_normal((16000, 1)) * 0.1).astype(np.float32)
     win = Envelope(b"audio/m", AudioWindow(stream="m", t_capture=1, sample_rate=16000,
@@ -100,17 +100,16 @@ def preprocessing(iters: int, repeats: int) -> list[dict[str, Any]]:
 
     cases = {
         "640x480 -> 224x224 RGB, mean/std, NCHW: streamfuse (batch 1)": lambda: prep.batch(
-            prep.pixels(env)[None], [False]
+            prep.pixels(env)[None]
         ),
         "640x480 -> 224x224 RGB, mean/std, NCHW: streamfuse (batch 8, per sample)": lambda: (
-            prep.batch(np.stack([prep.pixels(f) for f in frames]), [False] * 8)
+            prep.batch([prep.pixels(f) for f in frames])
         ),
         "640x480 -> 224x224 RGB, mean/std, NCHW: cv2.dnn.blobFromImageWithParams": lambda: (
             cv2.dnn.blobFromImageWithParams(img, params)
         ),
         "640x480 -> shipped model (gray, centre square, area, 32x32)": lambda: shipped.inputs(
             [shipped.image.pixels(env)],
-            [False],
             [shipped.blank_pcm()],  # type: ignore[union-attr]
         ),
         "1 s 16 kHz -> log-mel 8 kHz 40x63: streamfuse": lambda: aprep.batch(aprep.pcm(win)[None]),

@@ -26,7 +26,6 @@ from .contract import (
     AudioSpec,
     Contract,
     ImageSpec,
-    audio_rank,
     check_graph,
     from_legacy,
     graph_tensors,
@@ -124,15 +123,13 @@ class ModelInfo:
             contract = check_graph(contract, proto)
         except ConfigError as err:
             raise ConfigError(err.field, f"{err.problem} (model {p})") from None
+        ins = {t.name: t for t in graph_tensors(proto)[0]}
         shapes: dict[str, tuple[int, ...]] = {}
         if contract.image is not None:
             shapes[contract.image.input] = contract.image.shape()
-        if contract.audio is not None:
-            shapes[contract.audio.input] = audio_shape(
-                contract.audio, audio_rank(contract.audio, proto)
-            )
-        ins, _ = graph_tensors(proto)
-        fixed = any(t.shape and t.shape[0] == 1 for t in ins)
+        if (au := contract.audio) is not None:  # (log-mel may carry a channel axis)
+            shapes[au.input] = audio_shape(au, len(ins[au.input].shape))
+        fixed = any(t.shape and t.shape[0] == 1 for t in ins.values())
         return cls(p, contract, sha, shapes, 1 if fixed else None, meta)
 
     @classmethod

@@ -210,11 +210,11 @@ class Contract(_Spec):
 
 
 def _where(message: str) -> str:
-    """msgspec's ``Expected ... - at `$.image.size[0]``` -> ``image.size[0]: Expected ...``."""
+    """msgspec's ``Expected ... - at `$.image.size[0]``` -> ``image.size[0]: Expected ...``,
+    on one line (a hostile key may hold a newline)."""
     text, sep, at = message.rpartition(" - at `$")
-    if not sep:
-        return message
-    return f"{at.rstrip('`').lstrip('.')}: {text}"
+    out = f"{at.rstrip('`').lstrip('.')}: {text}" if sep else message
+    return " ".join(out.split())
 
 
 def _check_image(im: ImageSpec) -> None:
@@ -276,10 +276,7 @@ def load_contract_file(path: str | Path) -> Contract:
             raw["labels"] = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
         except OSError as exc:
             raise ConfigError("contract labels_file", f"{lp}: {exc.strerror or exc}") from None
-    try:
-        return Contract.parse(raw)
-    except ValueError as exc:  # __post_init__
-        raise ConfigError("contract", str(exc), file=str(p)) from None
+    return Contract.parse(raw)  # (its own checks' ValueErrors arrive as ConfigError too)
 
 
 def from_legacy(meta: dict[str, Any]) -> Contract:
@@ -468,16 +465,6 @@ def _check_audio_input(au: AudioSpec, by_in: dict[str, GraphTensor]) -> None:
         )
     _want("contract audio.log_mel.n_mels", "n_mels", dims[0], mel.n_mels)
     _want("contract audio.samples", "frames (from samples, hop)", dims[1], mel.frames(au.samples))
-
-
-def audio_rank(au: AudioSpec, proto: Any) -> int:
-    """The audio input's rank in the graph (log-mel may carry a channel axis)."""
-    ins, _ = graph_tensors(proto)
-    return len(next(t for t in ins if t.name == au.input).shape)
-
-
-def dumps(contract: Contract) -> str:
-    return json.dumps(contract.to_builtins(), indent=1)
 
 
 def _proto(path: Path) -> Any:

@@ -116,9 +116,9 @@ class _Sample:
     decided: int
     missing: list[str]
     frames: tuple[Envelope, ...] = ()
+    """The K frames a temporal model takes (``k-frames`` policy), oldest first."""
     reasons: dict[str, str] = field(default_factory=dict)
     """Why an input or the inference is missing, beyond the clock (``inference``)."""
-    """The K frames a temporal model takes (``k-frames`` policy), oldest first."""
 
     @property
     def stream(self) -> str:
@@ -169,8 +169,8 @@ class Engine:
         self._last_audio_ns = 0
         self._last_camera_only = 0
         self._ended: set[str] = set()
-        self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
-        self._sha = self.model.sha256[:12]
+        self._served = _Served(self.model, _tag(backend))
+        """The model and backend the next batch runs on (results name them)."""
         self._watch: ModelWatch | None = None
         self._output: Publisher | None = None
         self._intact: Callable[[Envelope], bool] = lambda env: True  # (replayed: copies)
@@ -187,7 +187,6 @@ class Engine:
         self.clock_drops: Counter[str] = Counter()
         self.clock_offsets: dict[str, int] = {}
         """Per source on another box: its t_capture minus ours for the same instant."""
-        self._labels = self.model.labels
 
     def swap(self, model: ModelInfo, backend: Backend, pre: Preprocessor | None = None) -> None:
         """Serve ``model`` on ``backend`` from the next batch on (both loaded and warm)."""
@@ -195,12 +194,10 @@ class Engine:
         self._carry += self.collect(wait=True)  # (its requests out: answered by it)
         self.model, self.backend, self.pre = model, backend, pre or Preprocessor(model)
         self._remote = _remote(backend)
-        self._labels = model.labels
-        self._sha = model.sha256[:12]
-        self._tag = f"{backend.name}/{backend.device}/{backend.precision}"
+        self._served = _Served(model, _tag(backend))
         self.stats.model_swaps += 1
         old.close()
-        log.info("model %s (%s) now serving on %s", model.path, self._sha, self._tag)
+        log.info("model %s (%s) now serving on %s", model.path, self._served.sha, self._served.tag)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -473,13 +470,12 @@ class Engine:
         clock = (lambda: 0) if self.virtual else time.monotonic_ns
         t0 = clock()
         pre = self.pre
-        pixels, blank, pcm = [], [], []
+        pixels: list[np.ndarray | None] = []
+        pcm: list[np.ndarray] = []
         pcm_done: dict[int, np.ndarray] = {}  # one mic window serves every camera's sample
         for s in samples:
             if pre.image is not None:
-                px, ok = self._pixels(s)
-                pixels.append(px)
-                blank.append(not ok)
+                pixels.append(self._pixels(s))
             if pre.audio is not None:
                 if s.audio is None:
                     pcm.append(pre.blank_pcm())
@@ -493,12 +489,12 @@ class Engine:
                         s.missing.append(s.audio.topic.decode())
                 pcm.append(pcm_done[id(s.audio)])
         try:
-            feeds = pre.inputs(pixels, blank, pcm)
+            feeds = pre.inputs(pixels, pcm)
         except Exception as exc:
             self._error("preprocess", f"batch of {len(samples)}: {exc}")
             return []
         t1 = clock()
-        served = _Served(self.model, self._labels, self._sha, self._tag)
+        served = self._served
         if self._remote is not None:  # sent now, collected by classify() when it is back
             fallback = {k: v.copy() for k, v in feeds.items()} if self._fallback else None
             job = _InFlight(samples, fallback, t0, t1, self._remote.submit(feeds), served)
@@ -560,8 +556,7 @@ class Engine:
                 self._error("inference", f"fallback, batch of {len(job.samples)}: {exc}")
             else:
                 self.stats.errors["inference_fallback"] += 1
-                tag = f"{self._fallback.name}/{self._fallback.device}/{self._fallback.precision}"
-                served = _Served(job.served.model, job.served.labels, job.served.sha, tag)
+                served = _Served(job.served.model, _tag(self._fallback))
                 return self._results(job.samples, out, job.t0, t1, time.monotonic_ns(), served)
         # no answer: each window still gets its result, with no label, saying why
         for s in job.samples:
@@ -627,25 +622,25 @@ class Engine:
             results.append(msg)
         return results
 
-    def _pixels(self, s: _Sample) -> tuple[np.ndarray, bool]:
-        """The sample's frame(s) as the model's pixels; (blank, False) where there are none,
-        they do not decode, or their slot was reused before they were read."""
+    def _pixels(self, s: _Sample) -> np.ndarray | None:
+        """The sample's frame(s) as the model's pixels; None (fed as zeros) where there are
+        none, they do not decode, or their slot was reused before they were read."""
         pre = self.pre
         assert pre.image is not None
         frames = s.frames if self.frames > 1 else (s.frame,) if s.frame is not None else ()
         if s.frame is None or len(frames) < self.frames:
-            return pre.blank_pixels(), False
+            return None
         try:
             px = [pre.image.pixels(f) for f in frames]
         except Exception as exc:  # a frame that cannot be decoded: blank it, say so
             self._error("preprocess", f"{s.camera}: {exc}")
             s.missing.append(s.camera)
-            return pre.blank_pixels(), False
+            return None
         if not all(self._intact(f) for f in frames):  # read while reused
             self._error("overwritten", f"{s.camera}: its slot was reused before use")
             s.missing.append(s.camera)
-            return pre.blank_pixels(), False
-        return (np.stack(px) if self.frames > 1 else px[0]), True
+            return None
+        return np.stack(px) if self.frames > 1 else px[0]
 
     # --- health -------------------------------------------------------------------------
 
@@ -679,7 +674,7 @@ class Engine:
             seq=seq,
             t_capture=now,
             t_wall=time.time_ns(),
-            source=f"{self._tag} model {self._sha}",
+            source=f"{self._served.tag} model {self._served.sha}",
             pid=os.getpid(),
             uptime_ns=now - start,
             sent=self.stats.published,
@@ -730,9 +725,20 @@ class _Served:
     """What a result names of the model that made it (a swap may come in between)."""
 
     model: ModelInfo
-    labels: tuple[str, ...]
-    sha: str
     tag: str
+    """``name/device/precision`` of the backend."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    @property
+    def sha(self) -> str:
+        return self.model.sha256[:12]
+
+
+def _tag(backend: Backend) -> str:
+    return f"{backend.name}/{backend.device}/{backend.precision}"
 
 
 @dataclass
@@ -804,10 +810,11 @@ class ModelWatch:
         self._lock = threading.Lock()
 
     def poll(self, now: int) -> None:
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self.engine.swap(*ready)
+        if self._ready is not None:  # (no lock on the loop's every turn: only when there is one)
+            with self._lock:
+                ready, self._ready = self._ready, None
+            if ready is not None:
+                self.engine.swap(*ready)
         if self._thread is not None and self._thread.is_alive():
             return
         forced = self.requested.is_set()

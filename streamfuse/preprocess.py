@@ -122,17 +122,17 @@ class ImagePrep:
             value=(pad, pad, pad, pad),
         )
 
-    def batch(self, pixels: Sequence[np.ndarray], blank: Sequence[bool]) -> np.ndarray:
-        """Per sample ((K,) H, W, C) uint8 -> the model's input, (B, ...); rows where
-        ``blank`` are zeros. Written sample by sample into a buffer kept between calls (a
-        fresh batch-sized array costs more in page faults than the arithmetic), so the
+    def batch(self, pixels: Sequence[np.ndarray | None]) -> np.ndarray:
+        """Per sample ((K,) H, W, C) uint8 -> the model's input, (B, ...); a sample that is
+        None (no frame) is zeros. Written sample by sample into a buffer kept between calls
+        (a fresh batch-sized array costs more in page faults than the arithmetic), so the
         result is valid until the next call."""
         n = len(pixels)
         if self._out is None or len(self._out) < n:
             self._out = np.empty((max(n, 8), *self.shape), np.dtype(self.spec.dtype))
         out = self._out[:n]
-        for i, (px, empty) in enumerate(zip(pixels, blank, strict=True)):
-            if empty:
+        for i, px in enumerate(pixels):
+            if px is None:
                 out[i] = 0
             else:
                 self._write(out[i], px)
@@ -216,25 +216,18 @@ class Preprocessor:
         self.audio = AudioPrep(au, model.input_shapes[au.input]) if au is not None else None
         self.frames = im.frames if im is not None else 1
 
-    def blank_pixels(self) -> np.ndarray:
-        assert self.image is not None
-        shape = (self.image.h, self.image.w, self.image.spec.channels)
-        return np.zeros((self.frames, *shape) if self.frames > 1 else shape, np.uint8)
-
     def blank_pcm(self) -> np.ndarray:
         assert self.audio is not None
         return np.zeros((self.audio.channels, self.audio.samples), np.float32)
 
     def inputs(
-        self,
-        pixels: Sequence[np.ndarray] = (),
-        blank: Sequence[bool] = (),
-        pcm: Sequence[np.ndarray] = (),
+        self, pixels: Sequence[np.ndarray | None] = (), pcm: Sequence[np.ndarray] = ()
     ) -> Inputs:
-        """One batch: per sample its pixels ((K,) H, W, C uint8) and/or PCM (C, N)."""
+        """One batch: per sample its pixels ((K,) H, W, C uint8; None: no frame) and/or
+        PCM (C, N)."""
         out: Inputs = {}
         if self.image is not None:
-            out[self.image.spec.input] = self.image.batch(pixels, blank)
+            out[self.image.spec.input] = self.image.batch(pixels)
         if self.audio is not None:
             out[self.audio.spec.input] = self.audio.batch(np.stack(pcm))
         return out

@@ -127,7 +127,7 @@ def test_any_frame_becomes_the_contract_image(
         0, 256, (height, width, PIXEL_FORMATS[fmt]), dtype=np.uint8
     )
     prep = ImagePrep(spec, spec.shape())
-    got = prep.batch(prep.pixels(_frame(pixels, fmt))[None], [False])[0]
+    got = prep.batch(prep.pixels(_frame(pixels, fmt))[None])[0]
     assert got.shape == spec.shape() and got.dtype == np.dtype(spec.dtype)
     want = _reference(pixels, fmt, spec)
     if spec.layout == "NCHW":
@@ -148,7 +148,7 @@ def test_a_red_frame_lights_the_red_channel_of_the_model(fmt: str, color: str) -
     red[:, :, _RGB[fmt][0]] = 255  # type: ignore[index]
     spec = ImageSpec(input="i", color=color, layout="NCHW", size=(8, 8))  # type: ignore[arg-type]
     prep = ImagePrep(spec, spec.shape())
-    x = prep.batch(prep.pixels(_frame(red, fmt))[None], [False])[0]
+    x = prep.batch(prep.pixels(_frame(red, fmt))[None])[0]
     want = [1.0, 0.0, 0.0] if color == "rgb" else [0.0, 0.0, 1.0]
     assert x.mean(axis=(1, 2)).tolist() == want
 
@@ -178,7 +178,7 @@ def test_k_frames_and_blanks_stack_in_the_models_layout() -> None:
     prep = ImagePrep(spec, spec.shape())
     px = np.stack([np.full((3, 4, 6, 3), v, np.uint8) for v in (51, 102)])  # (B, K, H, W, C)
     px[0, 1, :, :, 2] = 255
-    x = prep.batch(px, [False, True])
+    x = prep.batch([px[0], None])
     assert x.shape == (2, 3, 3, 4, 6)
     assert (
         np.allclose(x[0, 0], 0.2) and np.allclose(x[0, 1, 2], 1.0) and np.allclose(x[0, 1, :2], 0.2)
@@ -194,7 +194,7 @@ def test_the_shipped_models_preprocessing_is_what_it_was_trained_on() -> None:
     pre = Preprocessor(ModelInfo.load())
     frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     assert pre.image is not None
-    x = pre.inputs([pre.image.pixels(_frame(frame, "bgr8"))], [False], [pre.blank_pcm()])["image"]
+    x = pre.inputs([pre.image.pixels(_frame(frame, "bgr8"))], [pre.blank_pcm()])["image"]
     square = cv2.cvtColor(frame[:, 80:560], cv2.COLOR_BGR2GRAY)
     want = cv2.resize(square, (32, 32), interpolation=cv2.INTER_AREA) / 255.0  # as data.py
     assert x.shape == (1, 1, 32, 32) and x.dtype == np.float32
