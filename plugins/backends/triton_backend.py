@@ -99,7 +99,9 @@ class TritonBackend:
         self._check(meta)
         self._shm: dict[str, tuple[str, Any, int]] = {}
         self._registered = False
-        """Whether the server knows our regions (a restarted one does not)."""
+        """Whether the server knows our regions (a restarted one does not): until it is
+        known again, inputs go inline."""
+        self._registering = threading.Lock()
         self._slots = itertools.cycle(range(self.max_in_flight))
         if s.get("shared_memory", "auto") == "auto" and _local(self.url):
             self._register_shm()
@@ -174,26 +176,41 @@ class TritonBackend:
         for name, shape in self.model.input_shapes.items():
             size = int(np.prod((self.max_batch, *shape))) * self.model.input_dtype(name).itemsize
             region = f"streamfuse_{os.getpid()}_{next(_COUNTER)}_{name}"
-            key = f"/{region}"
             try:
-                handle = shm.create_shared_memory_region(region, key, size * self.max_in_flight)
-                self._client.register_system_shared_memory(region, key, size * self.max_in_flight)
+                handle = shm.create_shared_memory_region(
+                    region, f"/{region}", size * self.max_in_flight
+                )
+                self._shm[name] = (region, handle, size)
+                self._announce(region, size)
             except Exception as exc:  # a server in a container without our /dev/shm
                 log.warning("triton: inputs inline, not through shared memory: %s", exc)
                 self._unregister_shm()
                 return
-            self._shm[name] = (region, handle, size)
         self._registered = True
 
+    def _announce(self, region: str, slot_bytes: int) -> None:
+        """Tell the server about one of our regions (all its slots)."""
+        self._client.register_system_shared_memory(
+            region, f"/{region}", slot_bytes * self.max_in_flight, client_timeout=5.0
+        )
+
     def _register_again(self) -> None:
-        """After a failure: the server may be a new one that does not know our regions."""
-        for region, _, size in self._shm.values():
-            with contextlib.suppress(self._error):  # (the old server's: already there)
-                self._client.unregister_system_shared_memory(region, client_timeout=self.timeout_s)
-            self._client.register_system_shared_memory(
-                region, f"/{region}", size * self.max_in_flight, client_timeout=self.timeout_s
-            )
-        self._registered = True
+        """After a failure and a success (the server may be a new one that does not know our
+        regions). Runs on a gRPC callback thread, never the engine's loop; one at a time."""
+        if not self._registering.acquire(blocking=False):
+            return
+        try:
+            for region, _, size in self._shm.values():
+                try:
+                    self._announce(region, size)
+                except self._error as exc:
+                    if "already" not in _why(exc):  # (the same server: still has it)
+                        raise
+            self._registered = True
+        except Exception as exc:  # tried again after the next success
+            log.debug("triton: shared memory not registered again yet: %s", exc)
+        finally:
+            self._registering.release()
 
     def _unregister_shm(self) -> None:
         import tritonclient.utils.shared_memory as shm
@@ -209,9 +226,10 @@ class TritonBackend:
 
         out = []
         slot = next(self._slots)  # the engine has at most max_in_flight requests out
+        shared = self._registered
         for name, array in inputs.items():
             inp = self._grpc.InferInput(name, list(array.shape), _V2[array.dtype])
-            if name in self._shm:
+            if shared and name in self._shm:
                 region, handle, size = self._shm[name]
                 at = slot * size
                 shm.set_shared_memory_region(handle, [np.ascontiguousarray(array)], offset=at)
@@ -227,15 +245,15 @@ class TritonBackend:
 
         def done(result: Any, error: Any) -> None:
             if error is not None:
-                self._registered = False  # (cheap to redo; a new server needs it)
+                self._registered = False  # inline until the server answers again
                 future.set_exception(BackendError(self.name, f"{self.url}: {_why(error)}"))
-            else:
-                future.set_result({n: result.as_numpy(n) for n in names})
+                return
+            future.set_result({n: result.as_numpy(n) for n in names})
+            if self._shm and not self._registered:
+                self._register_again()  # (it answered: it may be a new server)
 
         with self._lock:
             try:
-                if self._shm and not self._registered:
-                    self._register_again()
                 self._client.async_infer(
                     self.model_name,
                     self._request(inputs),
