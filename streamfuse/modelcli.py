@@ -98,10 +98,16 @@ def train(
             task = bar.add_task("train", total=total, loss=loss)
         bar.update(task, completed=step, loss=loss)
 
+    if cfg.strategy == "crossfit":
+        bar = None  # many experts, some at once: a line each
+
+    def say(line: str) -> None:  # stderr, so also with --json
+        click.echo(line, err=True)
+
     if bar:
         bar.start()
     try:
-        card = run_training(cfg, out_dir, progress)
+        card = run_training(cfg, out_dir, progress, say)
     finally:
         if bar:
             bar.stop()
@@ -144,7 +150,14 @@ def train(
     "--limit", type=int, default=None, help="Use only this many training clips (smoke runs)."
 )
 @click.option(
-    "--baselines", is_flag=True, help="Also train image-only and audio-only models per fold."
+    "--baselines",
+    is_flag=True,
+    help="Targets against the single-sensor models, PASS/FAIL per fold, and the ablations.",
+)
+@click.option(
+    "--card",
+    default=None,
+    help="Write the results into this model card (JSON) as its leave_one_speaker_out.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(
@@ -154,6 +167,7 @@ def evaluate(
     data: str | None,
     limit: int | None,
     baselines: bool,
+    card: str | None,
     as_json: bool,
 ) -> None:
     """Leave-one-speaker-out: per-modality and fused accuracy, clean, degraded, and blanked."""
@@ -166,6 +180,11 @@ def evaluate(
     bad = set(names) - set(FSDD_SPEAKERS)
     if bad:
         raise ConfigError("--speakers", f"unknown {sorted(bad)}; known: {', '.join(FSDD_SPEAKERS)}")
+    if cfg.strategy == "crossfit":
+        _evaluate_crossfit(cfg, names, baselines, as_json, card, config_path)
+        return
+    if card:
+        raise ConfigError("--card", "only the crossfit recipe's evaluation goes into a card")
     bar = _progress("leave-one-speaker-out", as_json)
     tasks: dict[str, Any] = {}
 
@@ -210,6 +229,99 @@ def evaluate(
             f"target {name}: {t['value']:+.3f} (needs {t['needs']}) "
             + ("PASS" if t["pass"] else "FAIL")
         )
+
+
+def _evaluate_crossfit(
+    cfg: Any,
+    names: list[str],
+    baselines: bool,
+    as_json: bool,
+    card: str | None = None,
+    config_path: str | None = None,
+) -> None:
+    """Leave-one-speaker-out of the cross-fitted recipe: per fold and condition, accuracy and
+    ECE of the fused output and of each expert; with --baselines every target PASS/FAIL per
+    fold and the ablations (worst fold and mean)."""
+    import time
+
+    from streamfuse_plugins.models.crossfit import EVAL_CONDITIONS, leave_one_speaker_out, targets
+
+    t0 = time.monotonic()
+
+    def progress(line: str) -> None:  # stderr, so also with --json
+        click.echo(line, err=True)
+
+    results = leave_one_speaker_out(cfg, names, progress, ablations=baselines)
+    report: dict[str, Any] = {"per_speaker": results, "seconds": round(time.monotonic() - t0, 1)}
+    conds = list(EVAL_CONDITIONS)
+    heads = ["fused", "image", "audio"]
+    report["worst"] = {
+        c: {h: min(r[c][h] for r in results.values()) for h in results[names[0]][c]} for c in conds
+    }
+    report["mean"] = {
+        c: {h: sum(r[c][h] for r in results.values()) / len(results) for h in results[names[0]][c]}
+        for c in conds
+    }
+    if baselines:
+        report["targets"] = targets(results)
+    if card:
+        _write_card(Path(card), report, config_path, names, baselines)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"{'held out':<10} {'condition':<16} {'fused':>6} {'image':>6} {'audio':>6}"
+        f" {'ECE fused':>9} {'image':>6} {'audio':>6}"
+    )
+    for spk, r in [*results.items(), ("MEAN", report["mean"]), ("WORST", report["worst"])]:
+        for c in conds:
+            m = r[c]
+            acc = " ".join(f"{m[h]:6.3f}" for h in heads)
+            cal = " ".join(f"{m[h + ' ece']:{w}.3f}" for h, w in zip(heads, (9, 6, 6), strict=True))
+            click.echo(f"{spk:<10} {c:<16} {acc} {cal}")
+    if not baselines:
+        click.echo(f"({report['seconds']:.0f} s)")
+        return
+    ablations = [k for k in results[names[0]]["clean"] if k not in heads and "ece" not in k]
+    click.echo("\nablations: fused accuracy, worst fold / mean")
+    click.echo(
+        f"{'condition':<16} " + " ".join(f"{a[:26]:>26}" for a in ["stacked (shipped)", *ablations])
+    )
+    for c in conds:
+        cells = [
+            f"{report['worst'][c][k]:.3f} / {report['mean'][c][k]:.3f}".rjust(26)
+            for k in ["fused", *ablations]
+        ]
+        click.echo(f"{c:<16} " + " ".join(cells))
+    click.echo("\ntargets (each fold):")
+    for t in report["targets"]:
+        mark = "PASS" if t["pass"] else "FAIL"
+        value, needs = f"{t['value']:+.3f}", f"{t['needs']:+.3f}"
+        click.echo(f"  {mark}  {t['fold']:<9} {t['target']:<44} {value} (needs >= {needs})")
+    failed = sum(not t["pass"] for t in report["targets"])
+    met = f"{len(report['targets']) - failed}/{len(report['targets'])}"
+    click.echo(f"{met} targets met ({report['seconds']:.0f} s)")
+
+
+def _write_card(
+    path: Path, report: dict[str, Any], config_path: str | None, names: list[str], baselines: bool
+) -> None:
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError("--card", f"{path} is not a readable model card: {exc}") from None
+    command = ["streamfuse eval", f"--config {config_path}" if config_path else ""]
+    if len(names) < 5:
+        command.append(f"--speakers {','.join(names)}")
+    command.append("--baselines" if baselines else "")
+    card["leave_one_speaker_out"] = {
+        "command": " ".join(c for c in command if c),
+        "note": "each fold holds one FSDD speaker out of everything: its experts, the "
+        "out-of-fold outputs the temperatures and the stacker are fitted on, and the gate; "
+        "image-only and audio-only models are the fold's experts themselves",
+        **report,
+    }
+    path.write_text(json.dumps(card, indent=2) + "\n")
 
 
 def _targets(mean: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-Fusion = Literal["early", "late", "gated", "gated-late"]
+Fusion = Literal["early", "late", "gated", "gated-late", "stacked"]
 
 
 @dataclass
@@ -95,11 +95,28 @@ class LogMel(nn.Module):
         self.basis: torch.Tensor
         self.mel: torch.Tensor
 
+        self.n_fft, self.win_length = cfg.n_fft, cfg.win_length
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+        self.window: torch.Tensor
+
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-        x = F.pad(pcm, (self.pad, self.pad))[:, None, None, :]  # (B, 1, 1, N + n_fft)
-        spec = F.conv2d(x, self.basis, stride=(1, self.hop))  # (B, 2F, 1, T)
-        re, im = spec[:, : self.n_bins, 0], spec[:, self.n_bins :, 0]  # (B, F, T) each
-        power = re * re + im * im
+        if torch.onnx.is_in_onnx_export():  # the graph: plain Conv ops, no STFT
+            x = F.pad(pcm, (self.pad, self.pad))[:, None, None, :]  # (B, 1, 1, N + n_fft)
+            spec = F.conv2d(x, self.basis, stride=(1, self.hop))  # (B, 2F, 1, T)
+            re, im = spec[:, : self.n_bins, 0], spec[:, self.n_bins :, 0]  # (B, F, T) each
+            power = re * re + im * im
+        else:  # training and torch inference: the same numbers through an FFT, ~10x cheaper
+            spec = torch.stft(
+                pcm,
+                self.n_fft,
+                self.hop,
+                self.win_length,
+                self.window,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            )
+            power = spec.real.square() + spec.imag.square()  # (B, F, T)
         mel = torch.matmul(power.transpose(1, 2), self.mel)  # (B, T, n_mels)
         return torch.log(mel + 1e-6).transpose(1, 2)[:, None]  # (B, 1, n_mels, T)
 
@@ -156,15 +173,25 @@ class FusionNet(nn.Module):
             self.fused_head = nn.Linear(cfg.embed, cfg.n_classes)
         elif cfg.fusion == "gated-late":
             self.gate = nn.Linear(2 * cfg.embed, 2)
+        elif cfg.fusion == "stacked":
+            # Fitted after the experts, on out-of-fold outputs (crossfit.py): one temperature
+            # per expert, then per-sample weights of their calibrated log-probabilities.
+            self.register_buffer("log_temperature", torch.zeros(2))
+            self.log_temperature: torch.Tensor
+            self.stacker = nn.Sequential(
+                nn.Linear(len(STACK_FEATURES), 16), nn.Tanh(), nn.Linear(16, 2)
+            )
         elif cfg.fusion != "late":
             raise ValueError(
-                f"unknown fusion {cfg.fusion!r}; choose early, late, gated or gated-late"
+                f"unknown fusion {cfg.fusion!r}; choose early, late, gated, gated-late or stacked"
             )
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, ...]:
         fi = self.image_encoder(image)  # (B, E)
         fa = self.audio_encoder(self.logmel(audio))  # (B, E)
         li, la = self.image_head(fi), self.audio_head(fa)  # (B, C) each
+        if self.cfg.fusion == "stacked":
+            return self.stack(li, la, self.image_level(image), self.audio_level(audio))
         if self.cfg.fusion == "early":
             fused = self.fused_head(torch.cat([fi, fa], dim=1))
         elif self.cfg.fusion == "late":
@@ -176,6 +203,70 @@ class FusionNet(nn.Module):
             w = torch.softmax(self.gate(torch.cat([fi, fa], dim=1)), dim=1)  # (B, 2)
             fused = w[:, :1] * F.log_softmax(li, dim=1) + w[:, 1:] * F.log_softmax(la, dim=1)
         return fused, li, la
+
+    @staticmethod
+    def image_level(image: torch.Tensor) -> torch.Tensor:
+        """(B, 2) what the frame looks like, whatever it shows: the pixels' standard deviation
+        (0 for a black or flat frame) and a noise estimate (mean absolute difference of
+        neighbouring pixels, high for sensor noise)."""
+        x = image.flatten(1)
+        mean = x.mean(dim=1)
+        std = ((x * x).mean(dim=1) - mean * mean).clamp_min(0).sqrt()
+        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().flatten(1).mean(dim=1)
+        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().flatten(1).mean(dim=1)
+        return torch.stack([std, dx + dy], dim=1)
+
+    @staticmethod
+    def audio_level(audio: torch.Tensor) -> torch.Tensor:
+        """(B, 2) what the window sounds like: log10 of its RMS level, and of the ratio of its
+        loudest to its quietest 10 ms frame (a crude SNR: speech in quiet is high, steady
+        noise low), both scaled to about [-1, 1]."""
+        rms = (audio * audio).mean(dim=1).sqrt()
+        n = audio.shape[1] // 160 * 160
+        energy = (audio[:, :n] * audio[:, :n]).reshape(audio.shape[0], -1, 160).mean(dim=2)
+        span = (energy.amax(dim=1) + 1e-10) / (energy.amin(dim=1) + 1e-10)
+        return torch.stack([torch.log10(rms + 1e-5) / 5, torch.log10(span) / 10], dim=1)
+
+    def stack(
+        self,
+        li: torch.Tensor,
+        la: torch.Tensor,
+        image_level: torch.Tensor,
+        audio_level: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Calibrated expert logits and their per-sample weighted sum: (fused, image, audio)."""
+        t = self.log_temperature.exp()
+        li, la = li / t[0], la / t[1]
+        lpi, lpa = F.log_softmax(li, dim=1), F.log_softmax(la, dim=1)
+        pi, pa = lpi.exp(), lpa.exp()
+        norm = math.log(self.cfg.n_classes)
+        feats = torch.stack(
+            [
+                -(pi * lpi).sum(dim=1) / norm,  # entropies, 0..1
+                -(pa * lpa).sum(dim=1) / norm,
+                pi.max(dim=1).values,  # top probabilities
+                pa.max(dim=1).values,
+                (pi * pa).sum(dim=1),  # agreement: the chance both name the same digit
+            ],
+            dim=1,
+        )
+        feats = torch.cat([feats, image_level, audio_level], dim=1)
+        w = F.softplus(self.stacker(feats))  # (B, 2), >= 0
+        return w[:, :1] * lpi + w[:, 1:] * lpa, li, la
+
+
+# What the stacker sees, in order (FusionNet.stack).
+STACK_FEATURES = (
+    "image entropy",
+    "audio entropy",
+    "image top probability",
+    "audio top probability",
+    "agreement",
+    "image contrast",
+    "image noise",
+    "audio level",
+    "audio dynamic range",
+)
 
 
 class Exportable(nn.Module):

@@ -36,14 +36,20 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     aux_weight: float = 0.5  # weight of each modality head's own loss beside the fused one
-    strategy: Literal["joint", "experts"] = "joint"
+    strategy: Literal["joint", "experts", "crossfit"] = "joint"
     """joint: everything trained together. experts: an image-only and an audio-only model
-    first (each gets all the training), then only the fusion on their frozen encoders."""
+    first (each gets all the training), then only the fusion on their frozen encoders.
+    crossfit: experts, then temperatures and a stacker fitted on their out-of-fold outputs
+    (crossfit.py; fusion must be ``stacked``)."""
     fusion_epochs: int = 8  # experts: epochs of the fusion stage
+    speed_perturb: float = 0.0  # audio: clips sped up / slowed down by up to this fraction
+    spec_augment: bool = False  # audio: mel-axis warp + SpecAugment masks on the log-mel
     seed: int = 0
     test_speakers: tuple[str, ...] = ()  # FSDD speakers held out of training
     limit: int | None = None  # use only this many training clips (smoke tests)
     threads: int | None = None
+    cache: str | None = None  # crossfit: experts (default $STREAMFUSE_CACHE/experts, runs/cache)
+    jobs: int | None = None  # crossfit: experts trained at once (default: one per core)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -59,9 +65,17 @@ class TrainConfig:
                 )
             raw["test_speakers"] = tuple(raw["test_speakers"])
         try:
-            return cls(model=FusionConfig(**model_raw), **raw)
+            cfg = cls(model=FusionConfig(**model_raw), **raw)
         except TypeError as exc:
             raise ConfigError("train", str(exc), file=source) from None
+        if (cfg.strategy == "crossfit") != (cfg.model.fusion == "stacked"):
+            raise ConfigError(
+                "model.fusion",
+                f"strategy {cfg.strategy!r} with fusion {cfg.model.fusion!r}: the stacked "
+                "fusion is built by strategy crossfit, and crossfit builds only that",
+                file=source,
+            )
+        return cfg
 
 
 def _reject_unknown(section: str, raw: dict[str, Any], known: set[str], source: str) -> None:
@@ -114,8 +128,11 @@ def batches(
     rng: np.random.Generator,
     *,
     train: bool,
+    speed: float = 0.0,
 ) -> Any:
-    """Yield (image (B,1,S,S), audio (B,N), label (B,)) with a random image of the same digit."""
+    """Yield (image (B,1,S,S), audio (B,N), label (B,)) with a random image of the same digit;
+    in training each clip is placed at a random offset and sped up or slowed down by up to
+    ``speed`` (0.15: 0.85x..1.15x)."""
     by_digit = {d: np.flatnonzero(images[1] == d) for d in range(10)}
     order = rng.permutation(len(clips)) if train else np.arange(len(clips))
     for start in range(0, len(order), batch_size):
@@ -125,9 +142,12 @@ def batches(
             c = clips[i]
             j = rng.choice(by_digit[c.digit])
             imgs.append(D.to_model_image(images[0][j], mcfg.image_size))
-            room = mcfg.window_samples - len(c.pcm)
+            x = c.pcm
+            if train and speed:
+                x = D.perturb_speed(x, float(rng.uniform(1 - speed, 1 + speed)))
+            room = mcfg.window_samples - len(x)
             offset = int(rng.integers(0, room + 1)) if train and room > 0 else None
-            pcm.append(D.fit_audio(c.pcm, mcfg.window_samples, offset))
+            pcm.append(D.fit_audio(x, mcfg.window_samples, offset))
             ys.append(c.digit)
         yield (
             torch.from_numpy(np.stack(imgs))[:, None],
@@ -147,6 +167,8 @@ def train_model(
     if only is None and cfg.strategy == "experts":
         image_net, audio_net = train_experts(cfg, split, progress)
         return fuse_experts(cfg, split, image_net, audio_net, progress)
+    if only is None and cfg.strategy == "crossfit":
+        raise ConfigError("train.strategy", "crossfit models are built by crossfit.py")
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -156,7 +178,7 @@ def train_model(
 
     def loss_fn(img: torch.Tensor, pcm: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if only:
-            return _single_loss(net, only, img, pcm, y)
+            return _single_loss(net, only, img, pcm, y, g if cfg.spec_augment else None)
         return _fusion_loss(net, cfg, img, pcm, y, g)
 
     return _fit(net, list(net.parameters()), cfg, split, cfg.epochs, g, rng, loss_fn, progress)
@@ -189,7 +211,13 @@ def _fit(
         module.eval()
     for _epoch in range(epochs):
         for img, pcm, y in batches(
-            split.train_audio, split.train_images, cfg.model, cfg.batch_size, rng, train=True
+            split.train_audio,
+            split.train_images,
+            cfg.model,
+            cfg.batch_size,
+            rng,
+            train=True,
+            speed=cfg.speed_perturb,
         ):
             img = D.augment_images(img, g)
             pcm = D.augment_audio(pcm, cfg.model.sample_rate, g)
@@ -271,12 +299,21 @@ def _fusion_loss(
 
 
 def _single_loss(
-    net: FusionNet, only: str, img: torch.Tensor, pcm: torch.Tensor, y: torch.Tensor
+    net: FusionNet,
+    only: str,
+    img: torch.Tensor,
+    pcm: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A single-modality baseline: one encoder and its head; the other is never computed."""
+    """A single-modality expert: one encoder and its head; the other is never computed. With
+    ``g``, the audio's log-mel is warped and masked (:func:`data.augment_spectrogram`)."""
     if only == "image":
         return F.cross_entropy(net.image_head(net.image_encoder(img)), y)
-    return F.cross_entropy(net.audio_head(net.audio_encoder(net.logmel(pcm))), y)
+    mel = net.logmel(pcm)
+    if g is not None:
+        mel = D.augment_spectrogram(mel, g)
+    return F.cross_entropy(net.audio_head(net.audio_encoder(mel)), y)
 
 
 def _masked_ce(logits: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -340,7 +377,10 @@ def load_checkpoint(path: Path) -> tuple[FusionNet, TrainConfig, dict[str, Any]]
 
 
 def run_training(
-    cfg: TrainConfig, out: Path, progress: Callable[[int, int, float], None] | None = None
+    cfg: TrainConfig,
+    out: Path,
+    progress: Callable[[int, int, float], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate on the held-out sets, write ``model.pt`` and ``model_card.json``."""
     t0 = time.monotonic()
@@ -348,7 +388,17 @@ def run_training(
     clips = D.load_clips(root, cfg.model.sample_rate)
     images, labels = D.load_mnist(root)
     split = make_split(cfg, clips, images, labels)
-    net = train_model(cfg, split, progress)
+    if cfg.strategy == "crossfit":
+        from .crossfit import train_shipped
+
+        if cfg.test_speakers:
+            raise ConfigError(
+                "train.test_speakers",
+                "crossfit trains on every speaker; hold speakers out with `streamfuse eval`",
+            )
+        net, _ = train_shipped(cfg, say)
+    else:
+        net = train_model(cfg, split, progress)
     metrics = {name: evaluate(net, cl, split.test_images) for name, cl in split.test_audio.items()}
     ckpt = out / "model.pt"
     digest = save_checkpoint(ckpt, net, cfg, metrics)

@@ -6,7 +6,6 @@ four spoken-and-shown digits through `streamfuse run --record`.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import platform
@@ -417,26 +416,35 @@ def test_damage_late_in_the_file_keeps_what_comes_before(tmp_path: Path) -> None
 
 
 def test_foxglove_channels_decode_with_the_official_reader() -> None:
+    from mcap.decoder import DecoderFactory as McapDecoderFactory
+    from mcap_protobuf.decoder import DecoderFactory
+
+    class Json(McapDecoderFactory):  # mcap ships no JSON decoder: json.loads is one
+        def decoder_for(self, message_encoding: str, schema: Any) -> Any:
+            return json.loads if message_encoding == "json" else None
+
     with open(SESSION, "rb") as f:
-        reader = make_reader(f)
+        reader = make_reader(f, decoder_factories=[DecoderFactory(), Json()])
         summary = reader.get_summary()
         assert summary is not None
         chans = {c.topic: c for c in summary.channels.values()}
         schemas = summary.schemas
-        assert schemas[chans["video/front/image"].schema_id].name == "foxglove.CompressedImage"
+        image_channel = chans["video/front/image"]
+        assert schemas[image_channel.schema_id].name == "foxglove.CompressedImage"
+        assert image_channel.message_encoding == "protobuf"
         assert chans["video/front"].message_encoding == "streamfuse-zmq-v1"
         wire = schemas[chans["video/front"].schema_id]
         assert wire.name == "streamfuse.v1.VideoFrame"
         assert wire.encoding == "streamfuse-header-jsonschema"
         assert "pixel_format" in json.loads(wire.data)["$defs"]["VideoFrame"]["properties"]
-        seen: dict[str, dict[str, object]] = {}
-        for _, channel, message in reader.iter_messages(
+        seen: dict[str, Any] = {}
+        for _, channel, _, decoded in reader.iter_decoded_messages(
             topics=["video/front/image", "audio/mic0/level", "result/front/json"]
         ):
-            seen.setdefault(channel.topic, json.loads(message.data))
+            seen.setdefault(channel.topic, decoded)
     image = seen["video/front/image"]
-    assert image["format"] == "jpeg" and base64.b64decode(image["data"])[:2] == b"\xff\xd8"  # type: ignore[arg-type]
-    assert 0 < seen["audio/mic0/level"]["rms"] <= 1  # type: ignore[operator]
+    assert image.format == "jpeg" and bytes(image.data)[:2] == b"\xff\xd8"
+    assert 0 < seen["audio/mic0/level"]["rms"] <= 1
     assert seen["result/front/json"]["kind"] == "classification"
 
 

@@ -19,7 +19,15 @@ def data() -> Path:
     return require_data("fsdd", "mnist")
 
 
-def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Path) -> None:
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One expert cache for the module's small runs (eval's experts serve train)."""
+    return {"STREAMFUSE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_train_writes_checkpoint_card_and_verified_onnx(
+    tmp_path: Path, data: Path, cache: dict[str, str]
+) -> None:
     out = tmp_path / "run"
     res = run_cli(
         "train",
@@ -34,10 +42,18 @@ def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Pa
         "--data",
         str(data),
         "--json",
-        timeout=300,
+        timeout=400,
+        env=cache,
     )
     assert res.returncode == 0, res.stderr
     card = json.loads(res.stdout)
+    assert card["fusion"] == "stacked"
+    # progress on stderr: 9 experts (3 image, the 5 folds' audio experts whose outputs the
+    # stacker learns from, and the one on every speaker), or fewer where cached
+    assert (
+        "experts (" in res.stderr
+        and "audio expert (george+jackson+nicolas+theo+yweweler)" in res.stderr
+    )
     assert {p.name for p in out.iterdir()} >= {"model.pt", "model.onnx", "model_card.json"}
     assert card["onnx"]["max_abs_diff"] <= 1e-4
     assert set(card["metrics"]) == {"espeak (trained voices)", "espeak (held-out voices)"}
@@ -69,7 +85,9 @@ def test_train_writes_checkpoint_card_and_verified_onnx(tmp_path: Path, data: Pa
     assert np.abs(ort_out["probs"] - torch_out["probs"]).max() <= 1e-4
 
 
-def test_eval_reports_every_condition_for_a_held_out_speaker(data: Path) -> None:
+def test_eval_reports_every_condition_and_target_for_a_held_out_speaker(
+    data: Path, cache: dict[str, str]
+) -> None:
     res = run_cli(
         "eval",
         "--config",
@@ -84,26 +102,34 @@ def test_eval_reports_every_condition_for_a_held_out_speaker(data: Path) -> None
         "--data",
         str(data),
         "--json",
-        timeout=300,
+        timeout=400,
+        env=cache,
     )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert set(out["per_speaker"]) == {"theo"}
-    assert set(out["mean"]) == {
-        "clean",
-        "degraded",
-        "image blank",
-        "audio blank",
-        "image-only model",
-        "audio-only model",
-    }
+    conditions = {
+        "clean", "degraded", "image degraded", "audio degraded", "image blank", "audio blank"
+    }  # fmt: skip
+    assert set(out["mean"]) == set(out["worst"]) == conditions
+    row = out["per_speaker"]["theo"]["clean"]
+    assert {"fused", "image", "audio", "fused ece", "image ece", "audio ece"} <= set(row)
+    assert {"late (uncalibrated mean)", "product (calibrated)", "stacker fitted in sample"} <= set(
+        row
+    )
     assert all(0 <= v <= 1 for cond in out["mean"].values() for v in cond.values())
-    assert set(out["targets"]) == {
-        "fused clean",
-        "degraded: fused - best single",
-        "image blank: fused - audio-only model",
-        "audio blank: fused - image-only model",
-    }
+    # 8 targets per fold, 2 on means; each says PASS or FAIL from its own numbers
+    assert len(out["targets"]) == 10
+    for t in out["targets"]:
+        assert t["pass"] == (t["value"] >= t["needs"] - 1e-9)
+    assert {t["fold"] for t in out["targets"]} == {"theo", "mean"}
+    # progress on stderr; theo's fold needs an expert per other speaker that never heard it
+    assert "held out theo" in res.stderr
+    assert "audio expert (george+jackson+nicolas+yweweler)" in res.stderr or "cached" in res.stderr
+    # the same again: every expert from the cache, the same numbers
+    again = run_cli(*res.args[3:], timeout=400, env=cache)
+    assert again.returncode == 0 and "training" not in again.stderr
+    assert json.loads(again.stdout)["per_speaker"] == out["per_speaker"]
 
 
 def test_bad_model_command_input_is_a_clear_error(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_conv_dft_logmel_matches_a_numpy_stft() -> None:
     assert np.abs(got - ref).max() < 1e-2
 
 
-@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late"])
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late", "stacked"])
 def test_every_fusion_gives_fused_and_per_modality_outputs(fusion: str) -> None:
     net = FusionNet(FusionConfig(fusion=fusion, width=8)).eval()  # type: ignore[arg-type]
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_every_fusion_gives_fused_and_per_modality_outputs(fusion: str) -> None:
         FusionNet(FusionConfig(fusion="telepathic"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late"])
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "gated-late", "stacked"])
 def test_onnx_export_matches_torch_runs_any_batch_and_uses_only_tensorrt_ops(
     tmp_path: Path, fusion: str
 ) -> None:
@@ -107,7 +107,13 @@ def test_the_shipped_default_model_classifies_the_shipped_voices() -> None:
     import hashlib
 
     assert card["onnx"]["sha256"] == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
-    assert set(card["leave_one_speaker_out"]["targets"]) >= {"fused clean"}
+    loso = card["leave_one_speaker_out"]
+    assert set(loso["per_speaker"]) == set(D.FSDD_SPEAKERS)
+    assert card["fusion"] == "stacked" and card["config"]["strategy"] == "crossfit"
+    for t in loso["targets"]:  # each verdict follows from its own numbers
+        assert t["pass"] == (t["value"] >= t["needs"] - 1e-9)
+    clean = [loso["per_speaker"][s]["clean"] for s in D.FSDD_SPEAKERS]
+    assert loso["worst"]["clean"]["fused"] == min(c["fused"] for c in clean)
 
 
 def test_training_config_errors_name_the_field_and_file(tmp_path: Path) -> None:
@@ -123,6 +129,10 @@ def test_training_config_errors_name_the_field_and_file(tmp_path: Path) -> None:
     bad.write_text("test_speakers: [bob]\n")
     with pytest.raises(ConfigError, match="unknown speakers"):
         load_train_config(str(bad), {})
+    for text in ("strategy: crossfit\n", "model:\n  fusion: stacked\n"):
+        bad.write_text(text)  # the stacked fusion and the crossfit recipe go together
+        with pytest.raises(ConfigError, match=r"model\.fusion in .*t\.yaml: strategy"):
+            load_train_config(str(bad), {})
     bad.write_text("epochs: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_train_config(str(bad), {})

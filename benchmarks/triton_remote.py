@@ -1,7 +1,7 @@
 """1, 2 and 4 engines (simulated boxes: processes on this machine) against one Triton
 Inference Server, against each running ONNX Runtime itself.
 
-    python benchmarks/triton.py [--seconds 5] [--repeats 3] [--write docs/benchmarks.md]
+    python benchmarks/triton_remote.py [--seconds 5] [--repeats 3] [--write docs/benchmarks.md]
 
 The server is nvidia-pytriton's bundled tritonserver serving the shipped model through its
 Python backend, ONNX Runtime inside (tests/triton_server.py, in .venv-triton: `make test`
@@ -149,7 +149,7 @@ def main() -> None:
         lines = [
             "## Triton: 1, 2 and 4 engines against one server",
             "",
-            f"`python benchmarks/triton.py --seconds {args.seconds:g} --repeats {args.repeats}` "
+            f"`python benchmarks/triton_remote.py --seconds {args.seconds:g} --repeats {args.repeats}` "
             f"on {platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}: "
             "nvidia-pytriton's tritonserver (Python backend, ONNX Runtime inside) serving the "
             "shipped model on this same machine; each engine a process driving the backend, "
