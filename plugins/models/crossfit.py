@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from streamfuse.errors import ConfigError
+
 from . import data as D
 from .fusion import FusionNet
 from .train import HELD_OUT_VOICES, Split, TrainConfig, train_model
@@ -229,7 +231,15 @@ def ensure_experts(
     folder = cache_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {s: folder / f"{s.modality}-{cache_key(cfg, s)}.pt" for s in dict.fromkeys(specs)}
-    missing = [s for s, p in paths.items() if not p.is_file()]
+    nets: dict[ExpertSpec, FusionNet] = {}
+    for spec, path in paths.items():
+        if path.is_file():
+            net, problem = load_expert(cfg, path)
+            if net is not None:
+                nets[spec] = net
+            elif progress:
+                progress(f"cache: {path} is unreadable ({problem}); training it again")
+    missing = [s for s in paths if s not in nets]
     if missing:
         jobs = max(1, min(cfg.jobs or os.cpu_count() or 1, len(missing)))
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -248,13 +258,25 @@ def ensure_experts(
                         f"  [{done}/{len(missing)}] {futures[fut].label()} "
                         f"({time.monotonic() - t0:.0f} s)"
                     )
-    nets = {}
-    for spec, path in paths.items():
-        net = FusionNet(replace(cfg.model, fusion="late"))  # an expert: encoders and heads
+    for spec in missing:
+        net, problem = load_expert(cfg, paths[spec])
+        if net is None:
+            raise ConfigError(
+                "cache", f"{paths[spec]} was just trained but is unreadable: {problem}"
+            )
+        nets[spec] = net
+    return nets
+
+
+def load_expert(cfg: TrainConfig, path: Path) -> tuple[FusionNet | None, str]:
+    """An expert's encoders and heads from the cache, or None and why not."""
+    net = FusionNet(replace(cfg.model, fusion="late"))
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict({k: v for k, v in state.items() if k.startswith(EXPERT_PARTS)})
-        nets[spec] = net.eval()
-    return nets
+    except Exception as exc:  # a torn or foreign file: any error of torch.load's is that
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return net.eval(), ""
 
 
 # -- expert outputs -------------------------------------------------------------------------
@@ -404,25 +426,34 @@ def oof_samples(
     nets: dict[ExpertSpec, FusionNet],
     *,
     in_sample: bool = False,
+    conditions: bool = True,
     repeats: int = 2,
 ) -> tuple[Outputs, Outputs]:
-    """Expert outputs under random conditions for the stacker: out of fold, or (``in_sample``,
-    for the ablation) from the fold's own experts, which trained on them."""
+    """(image, audio) expert outputs for the stacker: each training speaker through the
+    expert that never heard it, each training image through the half-expert that never saw
+    it; under random sensor conditions (``repeats`` draws each), or clean once. With
+    ``in_sample`` (the ablation) the fold's own experts, which trained on all of them."""
     g = torch.Generator().manual_seed(cfg.seed + 7)
     size, n = cfg.model.image_size, cfg.model.window_samples
+    draws = repeats if conditions else 1
     audio_parts = []
     for spk, spec in fold.oof_audio.items():
         x, y = audio_tensor(corpus.of([spk], cfg.limit), n)
         net = nets[fold.audio if in_sample else spec]
-        for _ in range(repeats):
-            audio_parts.append(audio_outputs(net, random_audio_condition(x, g), y))
+        for _ in range(draws):
+            pcm = random_audio_condition(x, g) if conditions else x
+            audio_parts.append(audio_outputs(net, pcm, y))
     image_parts = []
     for half, spec in zip(("odd", "even"), IMAGE_HALVES, strict=True):
-        # the half each expert did NOT train on (or, in sample, every image through the expert)
-        x, y = image_tensor(corpus.image_half(half), size)
+        imgs, labels = corpus.image_half(half)
+        if cfg.limit:  # smoke runs: every digit still (the images are sorted by digit)
+            step = max(1, len(labels) // cfg.limit)
+            imgs, labels = imgs[::step], labels[::step]
+        x, y = image_tensor((imgs, labels), size)
         net = nets[fold.image if in_sample else spec]
-        for _ in range(repeats):
-            image_parts.append(image_outputs(net, random_image_condition(x, g), y))
+        for _ in range(draws):
+            img = random_image_condition(x, g) if conditions else x
+            image_parts.append(image_outputs(net, img, y))
     return Outputs.cat(image_parts), Outputs.cat(audio_parts)
 
 
@@ -446,35 +477,6 @@ def calibrate_and_stack(
     return fit_stacker(net, image, audio, seed=cfg.seed)
 
 
-def clean_oof(
-    cfg: TrainConfig,
-    corpus: Corpus,
-    fold: Fold,
-    nets: dict[ExpertSpec, FusionNet],
-    in_sample: bool = False,
-) -> tuple[Outputs, Outputs]:
-    size, n = cfg.model.image_size, cfg.model.window_samples
-    audio = Outputs.cat(
-        [
-            audio_outputs(
-                nets[fold.audio if in_sample else spec],
-                *audio_tensor(corpus.of([spk], cfg.limit), n),
-            )
-            for spk, spec in fold.oof_audio.items()
-        ]
-    )
-    image = Outputs.cat(
-        [
-            image_outputs(
-                nets[fold.image if in_sample else spec],
-                *image_tensor(corpus.image_half(half), size),
-            )
-            for half, spec in zip(("odd", "even"), IMAGE_HALVES, strict=True)
-        ]
-    )
-    return image, audio
-
-
 def build(
     cfg: TrainConfig,
     corpus: Corpus,
@@ -486,7 +488,7 @@ def build(
     """The fold's fused network: experts + OOF temperatures + OOF stacker."""
     net = assemble(cfg, fold, nets)
     image, audio = oof_samples(cfg, corpus, fold, nets, in_sample=in_sample)
-    clean = clean_oof(cfg, corpus, fold, nets, in_sample=in_sample)
+    clean = oof_samples(cfg, corpus, fold, nets, in_sample=in_sample, conditions=False)
     return calibrate_and_stack(cfg, net, image, audio, clean)
 
 

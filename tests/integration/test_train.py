@@ -124,12 +124,12 @@ def test_eval_reports_every_condition_and_target_for_a_held_out_speaker(
         assert t["pass"] == (t["value"] >= t["needs"] - 1e-9)
     assert {t["fold"] for t in out["targets"]} == {"theo", "mean"}
     # progress on stderr; theo's fold needs an expert per other speaker that never heard it
+    # (trained without theo and that speaker: only eval trains these)
     assert "held out theo" in res.stderr
-    assert "audio expert (george+jackson+nicolas+yweweler)" in res.stderr or "cached" in res.stderr
-    # the same again: every expert from the cache, the same numbers
-    again = run_cli(*res.args[3:], timeout=400, env=cache)
-    assert again.returncode == 0 and "training" not in again.stderr
-    assert json.loads(again.stdout)["per_speaker"] == out["per_speaker"]
+    assert "audio expert (george+jackson+nicolas)" in res.stderr
+    if "cached in" in res.stderr:  # after the train test: its experts are reused
+        cached = int(res.stderr.split(" cached in")[0].rsplit("; ", 1)[1])
+        assert cached >= 4  # 3 image experts and theo's fold expert
 
 
 def test_bad_model_command_input_is_a_clear_error(tmp_path: Path) -> None:

@@ -135,3 +135,21 @@ def test_random_conditions_draw_every_kind() -> None:
     same = (a == pcm).all(1).float().mean()
     assert 0.08 < silent < 0.16 and 0.04 < floor < 0.12 and 0.3 < same < 0.4
     assert torch.isfinite(a).all() and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04not a zip"])
+def test_an_unreadable_cache_entry_is_named_and_not_loaded(tmp_path, content: bytes) -> None:
+    cfg = TrainConfig.from_dict(
+        {"strategy": "crossfit", "model": {"fusion": "stacked", "width": 4, "embed": 8}}
+    )
+    bad = tmp_path / "audio-x.pt"
+    bad.write_bytes(content)
+    net, problem = C.load_expert(cfg, bad)
+    assert net is None and problem and "\n" not in problem
+    good = tmp_path / "audio-y.pt"
+    torch.save(FusionNet(cfg.model).state_dict(), good)  # a stacked net's file loads too
+    net, problem = C.load_expert(cfg, good)
+    assert net is not None and problem == ""
+    mismatched = tmp_path / "audio-z.pt"  # another width: the shapes disagree
+    torch.save(FusionNet(FusionConfig(width=6)).state_dict(), mismatched)
+    assert C.load_expert(cfg, mismatched)[0] is None
