@@ -360,7 +360,8 @@ def fit_stacker(
     seed: int,
     epochs: int = 60,
 ) -> FusionNet:
-    """Fit the temperatures on the clean samples (level given), then the stacker on all."""
+    """Fit the stacker (the temperatures already set) on the out-of-fold outputs; each epoch
+    pairs every audio sample with a fresh random image sample of the same digit."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net.stacker.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Linear) else None)
