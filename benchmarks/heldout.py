@@ -51,7 +51,7 @@ def fold_model(speaker: str, out: Path, config: str) -> Path:
 
 def sessions(speaker: str, out: Path, seed: int) -> dict[str, tuple[Any, list[str]]]:
     """The clean and the per-second-degraded session; per second the condition's name."""
-    from streamfuse_plugins.demo.session import RATE, write_session
+    from streamfuse_plugins.demo.session import RATE, real_material, write_session
     from streamfuse_plugins.models import data as D
 
     root = D.data_root(None)
@@ -61,14 +61,8 @@ def sessions(speaker: str, out: Path, seed: int) -> dict[str, tuple[Any, list[st
 
     def material(n: int) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
         digits = [int(d) for d in rng.integers(0, 10, n)]
-        pics, pcm = [], []
-        for d in digits:
-            unseen = np.flatnonzero(labels == d)
-            unseen = unseen[int(len(unseen) * 0.8) :]
-            pics.append(images[rng.choice(unseen)])
-            spoken = [c for c in clips if c.digit == d]
-            pcm.append(D.fit_audio(spoken[rng.integers(len(spoken))].pcm, RATE))
-        return digits, pics, pcm
+        pics, pcm = real_material(images, labels, clips, digits, rng)
+        return digits, pics, [D.fit_audio(x, RATE) for x in pcm]
 
     digits, pics, pcm = material(60)
     clean = write_session(out / "clean", digits, pics, pcm)

@@ -112,6 +112,25 @@ def write_session(
     return Session(video, audio, list(digits))
 
 
+def real_material(
+    images: np.ndarray,
+    labels: np.ndarray,
+    clips: Sequence[Any],
+    digits: Sequence[int],
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For each digit an MNIST image from the last 20 % of that digit's (the part no model
+    trains on) and a random one of ``clips`` (``models.data.Clip``) speaking it."""
+    pics, pcm = [], []
+    for d in digits:
+        unseen = np.flatnonzero(labels == d)
+        unseen = unseen[int(len(unseen) * 0.8) :]
+        pics.append(images[rng.choice(unseen)])
+        spoken = [c for c in clips if c.digit == d]
+        pcm.append(spoken[rng.integers(len(spoken))].pcm)
+    return pics, pcm
+
+
 def demo_session(out: Path, n: int = 12, seed: int = 0) -> Session:
     """The demo: ``n`` random digits, rendered, spoken by the shipped voices in turn."""
     rng = np.random.default_rng(seed)

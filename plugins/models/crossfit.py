@@ -45,7 +45,7 @@ from streamfuse.errors import ConfigError
 
 from . import data as D
 from .fusion import FusionNet
-from .train import HELD_OUT_VOICES, Split, TrainConfig, train_model
+from .train import HELD_OUT_VOICES, Split, TrainConfig, take_experts, train_model
 
 EXPERT_PARTS = ("image_encoder.", "image_head.", "audio_encoder.", "audio_head.")
 RECIPE = 1  # bump when a change of code changes what an expert learns (invalidates the cache)
@@ -175,14 +175,7 @@ class Corpus:
     def load(cls, cfg: TrainConfig) -> Corpus:
         root = D.data_root(cfg.data)
         clips = D.load_clips(root, cfg.model.sample_rate)
-        images, labels = D.load_mnist(root)
-        is_train = np.zeros(len(labels), dtype=bool)
-        for d in range(10):
-            idx = np.flatnonzero(labels == d)
-            is_train[idx[: int(len(idx) * 0.8)]] = True
-        return cls(
-            clips, (images[is_train], labels[is_train]), (images[~is_train], labels[~is_train])
-        )
+        return cls(clips, *D.split_images(*D.load_mnist(root)))
 
     def speakers_except(self, *held: str) -> tuple[str, ...]:
         out = {c.speaker for c in self.clips} - set(held) - set(HELD_OUT_VOICES)
@@ -461,11 +454,7 @@ def oof_samples(
 def assemble(cfg: TrainConfig, fold: Fold, nets: dict[ExpertSpec, FusionNet]) -> FusionNet:
     """A ``stacked`` network with the fold's experts' weights (its stacker still untrained)."""
     net = FusionNet(replace(cfg.model, fusion="stacked"))
-    for name in ("image_encoder", "image_head"):
-        getattr(net, name).load_state_dict(getattr(nets[fold.image], name).state_dict())
-    for name in ("audio_encoder", "audio_head"):
-        getattr(net, name).load_state_dict(getattr(nets[fold.audio], name).state_dict())
-    return net.eval()
+    return take_experts(net, nets[fold.image], nets[fold.audio]).eval()
 
 
 def calibrate_and_stack(

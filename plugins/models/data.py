@@ -82,6 +82,18 @@ def load_mnist(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :784].reshape(-1, 28, 28).astype(np.uint8), rows[:, 784]
 
 
+def split_images(
+    images: np.ndarray, labels: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, test): per digit the first 80 % of its images and the last 20 % (the file is
+    sorted by label)."""
+    is_train = np.zeros(len(labels), dtype=bool)
+    for d in range(10):
+        idx = np.flatnonzero(labels == d)
+        is_train[idx[: int(len(idx) * 0.8)]] = True
+    return (images[is_train], labels[is_train]), (images[~is_train], labels[~is_train])
+
+
 def to_model_image(img28: np.ndarray, size: int) -> np.ndarray:
     """A 28x28 MNIST digit on the model's (size x size) canvas, float in [0, 1]."""
     pad = (size - 28) // 2

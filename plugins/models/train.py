@@ -107,17 +107,7 @@ def make_split(
         c for c in clips if c.speaker.startswith("espeak") and c.speaker not in held
     ]
     tests["espeak (held-out voices)"] = [c for c in clips if c.speaker in HELD_OUT_VOICES]
-    # The file is sorted by label: split each digit's images 80/20.
-    is_train = np.zeros(len(labels), dtype=bool)
-    for d in range(10):
-        idx = np.flatnonzero(labels == d)
-        is_train[idx[: int(len(idx) * 0.8)]] = True
-    return Split(
-        train,
-        {k: v for k, v in tests.items() if v},
-        (images[is_train], labels[is_train]),
-        (images[~is_train], labels[~is_train]),
-    )
+    return Split(train, {k: v for k, v in tests.items() if v}, *D.split_images(images, labels))
 
 
 def batches(
@@ -242,6 +232,15 @@ def train_experts(
     return image_net, audio_net
 
 
+def take_experts(net: FusionNet, image_net: FusionNet, audio_net: FusionNet) -> FusionNet:
+    """``net`` with the image expert's encoder and head and the audio expert's."""
+    for name in ("image_encoder", "image_head"):
+        getattr(net, name).load_state_dict(getattr(image_net, name).state_dict())
+    for name in ("audio_encoder", "audio_head"):
+        getattr(net, name).load_state_dict(getattr(audio_net, name).state_dict())
+    return net
+
+
 def fuse_experts(
     cfg: TrainConfig,
     split: Split,
@@ -254,11 +253,7 @@ def fuse_experts(
     torch.manual_seed(cfg.seed + 1)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 1)
-    net = FusionNet(cfg.model)
-    for name in ("image_encoder", "image_head"):
-        getattr(net, name).load_state_dict(getattr(image_net, name).state_dict())
-    for name in ("audio_encoder", "audio_head"):
-        getattr(net, name).load_state_dict(getattr(audio_net, name).state_dict())
+    net = take_experts(FusionNet(cfg.model), image_net, audio_net)
     frozen = [net.image_encoder, net.image_head, net.audio_encoder, net.audio_head]
     for module in frozen:
         module.requires_grad_(False)

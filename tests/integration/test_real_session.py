@@ -25,20 +25,14 @@ N_DIGITS = 20
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[int]]:
     root = require_data("fsdd", "mnist")
-    from streamfuse_plugins.demo.session import RATE, write_session
+    from streamfuse_plugins.demo.session import RATE, real_material, write_session
     from streamfuse_plugins.models import data as D
 
     images, labels = D.load_mnist(root)
     clips = [c for c in D.load_clips(root, RATE, voices=False)]
     rng = np.random.default_rng(7)
     digits = [int(d) for d in rng.integers(0, 10, N_DIGITS)]
-    pics, pcm = [], []
-    for d in digits:
-        held_out = np.flatnonzero(labels == d)
-        held_out = held_out[int(len(held_out) * 0.8) :]
-        pics.append(images[rng.choice(held_out)])
-        spoken = [c for c in clips if c.digit == d]
-        pcm.append(spoken[rng.integers(len(spoken))].pcm)
+    pics, pcm = real_material(images, labels, clips, digits, rng)
     s = write_session(tmp_path_factory.mktemp("real"), digits, pics, pcm)
     return s.video, s.audio, digits
 
