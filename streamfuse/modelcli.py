@@ -246,6 +246,7 @@ def _evaluate_crossfit(
 
     from streamfuse_plugins.models.crossfit import EVAL_CONDITIONS, leave_one_speaker_out, targets
 
+    existing = _read_card(Path(card)) if card else None  # before the hour of work, not after
     t0 = time.monotonic()
 
     def progress(line: str) -> None:  # stderr, so also with --json
@@ -264,8 +265,8 @@ def _evaluate_crossfit(
     }
     if baselines:
         report["targets"] = targets(results)
-    if card:
-        _write_card(Path(card), report, config_path, names, baselines)
+    if card and existing is not None:
+        _write_card(Path(card), existing, report, config_path, names, baselines)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -303,13 +304,25 @@ def _evaluate_crossfit(
     click.echo(f"{met} targets met ({report['seconds']:.0f} s)")
 
 
-def _write_card(
-    path: Path, report: dict[str, Any], config_path: str | None, names: list[str], baselines: bool
-) -> None:
+def _read_card(path: Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError("--card", f"{path} is not a readable model card: {exc}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError("--card", f"{path} is not a readable model card: {reason}") from None
+    if not isinstance(card, dict):
+        raise ConfigError("--card", f"{path} is not a model card (a JSON object)")
+    return card
+
+
+def _write_card(
+    path: Path,
+    card: dict[str, Any],
+    report: dict[str, Any],
+    config_path: str | None,
+    names: list[str],
+    baselines: bool,
+) -> None:
     command = ["streamfuse eval", f"--config {config_path}" if config_path else ""]
     if len(names) < 5:
         command.append(f"--speakers {','.join(names)}")

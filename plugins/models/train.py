@@ -68,6 +68,12 @@ class TrainConfig:
             cfg = cls(model=FusionConfig(**model_raw), **raw)
         except TypeError as exc:
             raise ConfigError("train", str(exc), file=source) from None
+        if not 0 <= cfg.speed_perturb < 0.5:
+            raise ConfigError(
+                "train.speed_perturb", f"must be in [0, 0.5), got {cfg.speed_perturb}", file=source
+            )
+        if cfg.jobs is not None and cfg.jobs < 1:
+            raise ConfigError("train.jobs", f"must be >= 1, got {cfg.jobs}", file=source)
         if (cfg.strategy == "crossfit") != (cfg.model.fusion == "stacked"):
             raise ConfigError(
                 "model.fusion",

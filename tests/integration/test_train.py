@@ -139,5 +139,18 @@ def test_bad_model_command_input_is_a_clear_error(tmp_path: Path) -> None:
         "export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")
     )
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    # a card that cannot be written to is refused before the evaluation, not after it
+    for content in (None, b"\x00garbage", b"[1, 2]"):
+        card = tmp_path / "card.json"
+        card.unlink(missing_ok=True)
+        if content is not None:
+            card.write_bytes(content)
+        res = run_cli(
+            "eval", "--config", "configs/train/av-digits.yaml", "--speakers", "theo",
+            "--card", str(card),
+        )  # fmt: skip
+        assert res.returncode == 2 and "--card" in res.stderr, res.stderr
+        assert "training" not in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
     res = run_cli("train", "--data", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "no AV-digits data" in res.stderr

@@ -129,6 +129,10 @@ def test_training_config_errors_name_the_field_and_file(tmp_path: Path) -> None:
     bad.write_text("test_speakers: [bob]\n")
     with pytest.raises(ConfigError, match="unknown speakers"):
         load_train_config(str(bad), {})
+    for text, key in (("speed_perturb: 1.5\n", "speed_perturb"), ("jobs: 0\n", "jobs")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=rf"train\.{key} in .*t\.yaml: must be"):
+            load_train_config(str(bad), {})
     for text in ("strategy: crossfit\n", "model:\n  fusion: stacked\n"):
         bad.write_text(text)  # the stacked fusion and the crossfit recipe go together
         with pytest.raises(ConfigError, match=r"model\.fusion in .*t\.yaml: strategy"):
