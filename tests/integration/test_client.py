@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -15,6 +18,8 @@ from streamfuse.transport import Publisher
 from .helpers import free_port
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def result(seq: int, label: str = "3", stream: str = "front") -> Classification:
@@ -108,3 +113,42 @@ def test_a_bad_endpoint_is_named() -> None:
     with pytest.raises(EndpointError, match="nonsense://x"):
         Client("nonsense://x")
     assert zmq.zmq_version_info() >= (4, 3)
+
+
+def test_the_robot_example_stops_only_when_sight_and_sound_agree() -> None:
+    """examples/robot_app.py against a publisher sending what the daemon would: each branch
+    of the app (STOP, careful, a plain line) reached, and a confident "0" that the two
+    sensors disagree on, or one under --min-score, does not stop the robot."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    agree = {"image_label": "0", "audio_label": "0", "image_score": 0.97, "audio_score": 0.9}
+    sent = [
+        Classification(stream="front", seq=0, t_capture=1, label="0", score=0.96, **agree),
+        Classification(stream="front", seq=1, t_capture=2, label="0", score=0.95,
+                       image_label="0", audio_label="6"),
+        Classification(stream="front", seq=2, t_capture=3, label="0", score=0.5, **agree),
+        Classification(stream="front", seq=3, t_capture=4, label="0", score=0.93,
+                       degraded=True, missing=["audio/mic0"], image_label="0"),
+        Classification(stream="front", seq=4, t_capture=5, label="7", score=0.99,
+                       image_label="7", audio_label="7"),
+    ]  # fmt: skip
+    app = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "robot_app.py"), "--endpoint", ep,
+         "--count", str(len(sent)), "--min-score", "0.9"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with Publisher(ep) as pub:
+            assert pub.wait_for_subscriber(30), "the robot app never subscribed"
+            for r in sent:
+                pub.send("result/front", r)
+            out, err = app.communicate(timeout=30)
+    finally:
+        app.kill()
+    assert app.returncode == 0, err
+    assert out.splitlines() == [
+        "STOP: saw and heard '0' (0.96)",
+        "front: 0 (0.95)",  # the microphone heard a 6: no stop
+        "front: 0 (0.50)",  # agreed, but under --min-score
+        "careful: running on audio/mic0 missing",
+        "front: 7 (0.99)",
+    ]
