@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 DEV     := $(VENV)/.dev-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench wheel-check clean
+.PHONY: demo test test-deps lint typecheck unit bench wheel-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -61,8 +61,11 @@ $(TRITON):
 		'nvidia-pytriton>=0.5' onnxruntime
 	@touch $@
 
-test: lint typecheck $(TSREADER) $(TRITON)
+test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything pytest needs first (`make -j3 test-deps` builds them side by side; .ci/run does).
+test-deps: lint typecheck $(TSREADER) $(TRITON)
 
 unit: $(DEV)
 	$(PY) -m pytest tests/unit -q

@@ -8,7 +8,12 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/streamfuse-wheel-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 echo "check-wheel: building the wheel ..."
-python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$work/dist" "$repo"
+# From a copy of the tree (tracked and not-ignored files): setuptools builds in the source
+# folder, and CI runs this beside `make test`'s editable install of the same tree.
+mkdir "$work/src"
+(cd "$repo" && git ls-files -z --cached --others --exclude-standard \
+    | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$work/src"
+python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$work/dist" "$work/src"
 wheel=$(ls "$work"/dist/streamfuse-*.whl)
 echo "check-wheel: installing $(basename "$wheel") into a fresh venv ..."
 python3 -m venv "$work/venv"

@@ -88,6 +88,16 @@ def wait_healthy(port: int, timeout: float = 60, want: str = "ok") -> dict[str, 
     raise AssertionError(f"daemon not {want} after {timeout} s: {last}")
 
 
+def wait_results(port: int, n: int, timeout: float = 30) -> int:
+    """Wait until the daemon has seen ``n`` classifications in all (/healthz); their count."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while (seen := sum(http_json(port, "/healthz")[1]["classifications"].values())) < n:
+        assert time.monotonic() < deadline, f"{seen} classifications after {timeout} s, not {n}"
+        time.sleep(0.1)
+    return seen
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -79,7 +79,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         proc.stderr.close()
 
 
-def _watch(cfg: dict[str, Any], out: list[tuple[int, Classification]], stop: threading.Event) -> None:
+def _watch(
+    cfg: dict[str, Any], out: list[tuple[int, Classification]], stop: threading.Event
+) -> None:
     with Client(cfg["engine"]["output"]) as client:
         while not stop.is_set():
             r = client.recv(timeout=0.5)

@@ -22,7 +22,7 @@ import yaml
 from streamfuse.config import load_config
 
 from ..conftest import Children, require_system
-from .helpers import pid_alive, run_cli, wait_healthy, write_config
+from .helpers import pid_alive, run_cli, wait_healthy, wait_results, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -63,7 +63,7 @@ def test_run_prints_a_summary_and_leaves_nothing_behind(
         time.sleep(0.1)
     sockets = {p.name for p in run_dir.iterdir() if p.is_socket()}
     assert sockets == {"video-front", "audio-mic0", "results"}  # results: the engines publish there
-    time.sleep(1.5)  # let a few windows be classified, so the counts are not all zero
+    wait_results(cfg["http"]["port"], 3)  # a few windows classified: no count is zero
     sup.send_signal(signum)
     _, err = sup.communicate(timeout=30)
     assert sup.returncode == 0, err
@@ -84,7 +84,7 @@ def test_run_json_summary_is_one_object(tmp_path: Path, children: Children) -> N
     path, cfg = write_config(tmp_path)
     sup = children.streamfuse("run", "--config", str(path), "--json")
     wait_healthy(cfg["http"]["port"])
-    time.sleep(1.5)
+    wait_results(cfg["http"]["port"], 3)
     status, out, err = children.stop(sup)
     assert status == 0
     summary = json.loads(err.strip().splitlines()[-1])["summary"]

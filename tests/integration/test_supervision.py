@@ -16,7 +16,7 @@ from streamfuse import Client
 from streamfuse.transport import Subscriber
 
 from ..conftest import Children
-from .helpers import http_json, pid_alive, run_cli, wait_healthy, write_config
+from .helpers import http_json, pid_alive, run_cli, wait_healthy, wait_results, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -263,12 +263,12 @@ def test_a_recorder_that_dies_is_restarted_onto_a_new_part(
     sup = children.streamfuse("run", "--config", str(path), "--record", str(out), "--json")
     port = cfg["http"]["port"]
     recorder = wait_healthy(port)["children"]["recorder"]["pid"]
-    time.sleep(1.5)
+    wait_results(port, 3)  # the first part holds frames and results
     os.kill(recorder, signal.SIGKILL)
     part = tmp_path / "session.part1.mcap"
     _wait_for(lambda: part.exists() and part.stat().st_size > 0, 15, "a second part")
-    time.sleep(1.5)
     assert _child(port, "recorder")["restarts"] == 1
+    wait_results(port, wait_results(port, 0) + 4)  # and results come after the restart
     status, _, err = children.stop(sup)
     assert status == 0, err
     summary = json.loads(err.strip().splitlines()[-1])["summary"]

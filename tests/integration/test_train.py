@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -133,24 +134,28 @@ def test_eval_reports_every_condition_and_target_for_a_held_out_speaker(
 
 
 def test_bad_model_command_input_is_a_clear_error(tmp_path: Path) -> None:
-    res = run_cli("eval", "--speakers", "bob")
-    assert res.returncode == 2 and "--speakers: unknown ['bob']" in res.stderr
-    res = run_cli(
-        "export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")
-    )
-    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
     # a card that cannot be written to is refused before the evaluation, not after it
-    for content in (None, b"\x00garbage", b"[1, 2]"):
-        card = tmp_path / "card.json"
-        card.unlink(missing_ok=True)
+    cards = {"missing": None, "garbage": b"\x00garbage", "list": b"[1, 2]"}
+    for name, content in cards.items():
         if content is not None:
-            card.write_bytes(content)
-        res = run_cli(
-            "eval", "--config", "configs/train/av-digits.yaml", "--speakers", "theo",
-            "--card", str(card),
-        )  # fmt: skip
-        assert res.returncode == 2 and "--card" in res.stderr, res.stderr
-        assert "training" not in res.stderr and "Traceback" not in res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1
-    res = run_cli("train", "--data", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "o"))
-    assert res.returncode == 2 and "no AV-digits data" in res.stderr
+            (tmp_path / f"{name}.json").write_bytes(content)
+    runs: dict[str, tuple[str, ...]] = {
+        "speakers": ("eval", "--speakers", "bob"),
+        "checkpoint": ("export", "--checkpoint", str(tmp_path / "none.pt"),
+                       "--out", str(tmp_path / "x.onnx")),
+        "data": ("train", "--data", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "o")),
+        **{f"card {name}": ("eval", "--config", "configs/train/av-digits.yaml", "--speakers",
+                            "theo", "--card", str(tmp_path / f"{name}.json")) for name in cards},
+    }  # fmt: skip
+    with ThreadPoolExecutor(len(runs)) as pool:  # each imports torch: side by side
+        res = dict(zip(runs, pool.map(lambda argv: run_cli(*argv), runs.values()), strict=True))
+    for name, r in res.items():
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (name, r.stderr)
+    assert "--speakers: unknown ['bob']" in res["speakers"].stderr
+    assert "does not exist" in res["checkpoint"].stderr
+    assert "no AV-digits data" in res["data"].stderr
+    for name in cards:
+        assert (
+            "--card" in res[f"card {name}"].stderr and "training" not in res[f"card {name}"].stderr
+        )
