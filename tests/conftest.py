@@ -45,7 +45,7 @@ SYSTEM_PARTS: dict[str, tuple[str, Callable[[], bool]]] = {
     "ffmpeg": ("apt-get install ffmpeg", lambda: shutil.which("ffmpeg") is not None),
     "pulseaudio": (
         "apt-get install pulseaudio pulseaudio-utils",
-        lambda: all(shutil.which(t) for t in ("pulseaudio", "pactl", "paplay")),
+        lambda: all(shutil.which(t) for t in ("pulseaudio", "pactl", "paplay", "parec")),
     ),
     "portaudio": (
         "apt-get install libportaudio2",
@@ -177,6 +177,32 @@ def children() -> Iterator[Children]:
     c = Children()
     yield c
     c.close()
+
+
+def wait_playing(pulse: dict[str, str], timeout: float = 10) -> None:
+    """Until the null sink ``vsink``'s monitor delivers sound, read with ``parec`` (a sink
+    waking from suspend delivers its first blocks ~1-2 s late, in bursts: a capture that
+    starts then sees its clock jump). A condition with a deadline, not a fixed sleep."""
+    import numpy as np
+
+    env = {**os.environ, **pulse}
+    rec = subprocess.Popen(
+        ["parec", "--latency-msec=20", "-d", "vsink.monitor", "--format=s16le", "--rate=16000",
+         "--channels=1", "--raw"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert rec.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        sounding = 0  # blocks of 20 ms with the player in them (an idle null sink gives zeros)
+        while sounding < 5:
+            block = rec.stdout.read(640)
+            assert block and time.monotonic() < deadline, f"vsink silent after {timeout} s"
+            sounding += int(np.abs(np.frombuffer(block, "<i2")).max() > 64)
+    finally:
+        rec.kill()
+        rec.wait()
+        rec.stdout.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import soundfile as sf
 from streamfuse import messages as m
 from streamfuse.transport import Subscriber
 
-from ..conftest import Children, require_tool
+from ..conftest import Children, require_tool, wait_playing
 from .helpers import collect, run_cli
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_real_portaudio_capture_recovers_the_tone_and_the_sample_clock(
     player = children.start(
         [require_tool("paplay"), "--latency-msec=20", "-d", "vsink", str(wav)], env=pulse
     )
-    time.sleep(2.0)
+    wait_playing(pulse)  # not a fixed sleep: until the sink runs with the player in it
     with Subscriber(endpoint, ["audio/"]) as sub:
         mic = children.streamfuse(
             "capture",

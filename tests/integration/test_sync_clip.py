@@ -17,7 +17,7 @@ from streamfuse import messages as m
 from streamfuse.sync import Bundle, SyncConfig, Synchronizer
 from streamfuse.transport import Subscriber
 
-from ..conftest import Children, require_data, require_tool
+from ..conftest import Children, require_data, require_tool, wait_playing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MS = 1_000_000
@@ -148,7 +148,7 @@ def test_live_microphone_through_pulseaudio_pairs_with_the_video_of_the_same_mom
         str(epoch),
         env=pulse,
     )
-    time.sleep(2.0)  # PulseAudio's first blocks come 1-2 s late otherwise (see DEVELOPERS notes)
+    wait_playing(pulse)  # not a fixed sleep: until the sink runs with the player in it
     with Subscriber([cam_ep, mic_ep], ["video/", "audio/"]) as sub:
         children.streamfuse(
             "capture",
