@@ -475,3 +475,38 @@ def test_held_views_stay_valid_and_are_never_torn_silently(endpoint: str) -> Non
         states = [(sub.intact(e), seq_of(e)) for e in held]
     assert not all(ok for ok, _ in states), "a live publisher reuses a stalled reader's slots"
     assert all(seq == 2 + k for k, (ok, seq) in enumerate(states) if ok)  # intact: unchanged
+
+
+THRESHOLD_CASES = [
+    (m.VideoFrame(stream="g", t_capture=1, width=257, height=255, pixel_format="gray8"),
+     65_535, False),
+    (m.VideoFrame(stream="g", t_capture=1, width=256, height=256, pixel_format="gray8"),
+     65_536, True),
+    (m.AudioWindow(stream="a", t_capture=1, sample_rate=16_000, channels=1, n_samples=16_000),
+     64_000, False),
+    (m.AudioWindow(stream="a", t_capture=1, sample_rate=48_000, channels=1, n_samples=48_000,
+                   sample_format="f32le"), 192_000, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "through_shm"),
+    THRESHOLD_CASES,
+    ids=["frame-64KiB-1", "frame-64KiB", "audio-16k-f32-1s", "audio-48k-f32-1s"],
+)
+def test_the_64_kib_threshold_is_the_payload_size_whatever_its_kind(
+    header: m.Message, size: int, through_shm: bool, endpoint: str, zctx: zmq.Context
+) -> None:
+    """docs/protocol.md: payloads of 64 KiB and more go through the ring on ipc://, below
+    it inline; audio windows too (a 1 s 48 kHz f32 window is 192 KB)."""
+    assert m.expected_payload_size(header) == size
+    payload = (np.arange(size, dtype=np.uint32) * 2654435761 % 255).astype(np.uint8)
+    if isinstance(header, m.AudioWindow):  # f32: finite samples
+        payload = np.linspace(-1, 1, size // 4, dtype="<f4").view(np.uint8)
+    topic = "video/g" if isinstance(header, m.VideoFrame) else "audio/a"
+    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, context=zctx) as sub:
+        assert pub.wait_for_subscriber(5)
+        pub.send(topic, header, payload)
+        env = sub.recv(timeout=5)
+        assert env is not None and bytes(env.payload) == payload.tobytes()
+        assert sub.shm_received == int(through_shm)

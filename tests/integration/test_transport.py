@@ -198,3 +198,102 @@ def test_each_endpoint_speaks_only_for_its_own_topics(tmp_path: Path) -> None:
     assert sorted(e.topic for e in got if e) == [b"heartbeat/audio/mic0", b"video/front"]
     assert sources.rejected == {"foreign_topic": 100}
     assert set(sources.streams) == {b"heartbeat/audio/mic0", b"video/front"}
+
+
+# docs/protocol.md's limits, each at its edge and one past it, as a sender in another
+# language would put them on the wire (plain msgpack: nothing checked on the way out).
+_N = 2**62  # counters and times: 0 .. 2^62-1
+_VIDEO = {"v": 1, "kind": "video", "stream": "f", "t_capture": 1, "width": 2, "height": 1,
+          "pixel_format": "gray8"}  # fmt: skip
+_AUDIO = {"v": 1, "kind": "audio", "stream": "a", "t_capture": 1, "sample_rate": 16_000,
+          "channels": 1, "sample_format": "s16le", "n_samples": 2}  # fmt: skip
+_RESULT = {"v": 1, "kind": "classification", "stream": "f", "t_capture": 1}
+_BEAT = {"v": 1, "kind": "heartbeat", "stream": "f", "t_capture": 1}
+_REF = {"stream": "video/f", "t0": 1, "t1": 1}
+LIMITS: list[tuple[str, dict[str, object], dict[str, object]]] = [
+    # (what, the field(s) at the limit: accepted, one past it: invalid)
+    ("seq", {"seq": _N - 1}, {"seq": _N}),
+    ("seq below 0", {"seq": 0}, {"seq": -1}),
+    ("t_capture", {"t_capture": _N - 1}, {"t_capture": _N}),
+    ("t_wall", {"t_wall": _N - 1}, {"t_wall": _N}),
+    ("media_pos", {"media_pos": _N - 1}, {"media_pos": _N}),
+    ("stream length", {"stream": "s" * 256}, {"stream": "s" * 257}),
+    ("stream empty", {"stream": "s"}, {"stream": ""}),
+    ("width", {"width": 16384}, {"width": 16385}),
+    ("height", {"height": 16384, "width": 1}, {"height": 16385, "width": 1}),
+    ("width 0", {"width": 1}, {"width": 0}),
+    ("sample_rate low", {"sample_rate": 1000}, {"sample_rate": 999}),
+    ("sample_rate high", {"sample_rate": 384_000}, {"sample_rate": 384_001}),
+    ("channels", {"channels": 64}, {"channels": 65}),
+    ("channels 0", {"channels": 1}, {"channels": 0}),
+    ("n_samples: 10 s", {"n_samples": 160_000}, {"n_samples": 160_001}),
+    ("score", {"score": 1.001}, {"score": 1.0011}),
+    ("score below 0", {"score": 0.0}, {"score": -0.001}),
+    ("score NaN", {"score": 0.5}, {"score": float("nan")}),
+    ("label", {"label": "l" * 256}, {"label": "l" * 257}),
+    ("topk", {"topk": [["3", 0.1]] * 1024}, {"topk": [["3", 0.1]] * 1025}),
+    ("inputs", {"inputs": [_REF] * 64}, {"inputs": [_REF] * 65}),
+    ("missing", {"missing": ["audio/a"] * 64}, {"missing": ["audio/a"] * 65}),
+    ("latency entries", {"latency": {f"s{i}": 1 for i in range(64)}},
+     {"latency": {f"s{i}": 1 for i in range(65)}}),
+    ("source", {"source": "s" * 4096}, {"source": "s" * 4097}),
+    ("last_error", {"last_error": "e" * 4096}, {"last_error": "e" * 4097}),
+    ("drops entries", {"drops": {f"r{i}": 1 for i in range(256)}},
+     {"drops": {f"r{i}": 1 for i in range(257)}}),
+    ("drops key", {"drops": {"k" * 256: 1}}, {"drops": {"k" * 257: 1}}),
+    ("drops count", {"drops": {"late": _N - 1}}, {"drops": {"late": _N}}),
+    ("rate_hz", {"rate_hz": 1e9}, {"rate_hz": 1.0000001e9}),
+    ("rate_hz NaN", {"rate_hz": 0.0}, {"rate_hz": float("inf")}),
+]  # fmt: skip
+_KIND = {"width": _VIDEO, "height": _VIDEO, "sample_rate": _AUDIO, "channels": _AUDIO,
+         "n_samples": _AUDIO, "score": _RESULT, "label": _RESULT, "topk": _RESULT,
+         "inputs": _RESULT, "missing": _RESULT, "latency": _RESULT, "source": _BEAT,
+         "last_error": _BEAT, "drops": _BEAT, "rate_hz": _BEAT}  # fmt: skip
+
+
+def _wire(fields: dict[str, object]) -> list[bytes]:
+    base = next((_KIND[k] for k in fields if k in _KIND), _VIDEO)
+    header = {**base, **fields}
+    topic = {"video": b"video/f", "audio": b"audio/a", "classification": b"result/f",
+             "heartbeat": b"heartbeat/video/f"}[str(header["kind"])]  # fmt: skip
+    frames = [topic, msgpack.packb(header)]
+    if header["kind"] == "video":
+        frames.append(bytes(int(header["width"]) * int(header["height"])))  # type: ignore[call-overload]
+    elif header["kind"] == "audio":
+        frames.append(bytes(2 * int(header["n_samples"]) * int(header["channels"])))  # type: ignore[call-overload]
+    return frames
+
+
+def test_every_documented_limit_holds_at_the_socket(endpoint: str, zctx: zmq.Context) -> None:
+    """Each limit in docs/protocol.md's validation section, sent over a real socket at the
+    limit (delivered) and one past it (rejected as `invalid`, counted, the reader goes on);
+    the topic's 256 bytes too (`malformed` past them)."""
+    raw = zctx.socket(zmq.XPUB)
+    raw.bind(endpoint)
+    try:
+        with Subscriber(endpoint, context=zctx) as sub:
+            raw.recv()  # its subscription
+            for what, ok, bad in LIMITS:
+                raw.send_multipart(_wire(ok))
+                env = sub.recv(timeout=5)
+                assert env is not None, f"{what} at the limit was not delivered: {sub.rejected}"
+                before = sub.rejected["invalid"]
+                raw.send_multipart(_wire(bad))
+                raw.send_multipart(_wire({}))  # and the next good message comes through
+                assert sub.recv(timeout=5) is not None
+                assert sub.rejected["invalid"] == before + 1, f"{what} past the limit passed"
+            for topic, reason in ((b"video/" + b"t" * 250, None), (b"video/" + b"t" * 251,
+                                                                  "malformed")):  # fmt: skip
+                raw.send_multipart([topic, *_wire({})[1:]])
+                raw.send_multipart(_wire({}))
+                got = sub.recv(timeout=5)
+                assert got is not None
+                if reason is None:
+                    assert got.topic == topic
+                    assert sub.recv(timeout=5) is not None
+                else:
+                    assert got.topic == b"video/f" and sub.rejected[reason] == 1
+            assert set(sub.rejected) <= {"invalid", "malformed"}
+            assert sub.rejected["invalid"] == len(LIMITS)
+    finally:
+        raw.close(linger=0)
