@@ -6,6 +6,7 @@ four spoken-and-shown digits through `streamfuse run --record`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -33,7 +34,7 @@ from streamfuse.testing import assert_matches_golden, run_recording
 from streamfuse.transport import Subscriber
 
 from ..conftest import Children, require, require_system, require_tool
-from .helpers import free_port, http_json, run_cli, wait_healthy
+from .helpers import collect, free_port, http_json, run_cli, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.replay, pytest.mark.timeout(180)]
 
@@ -299,7 +300,6 @@ def test_recordings_read_back_with_foxglove_typescript_reader(load_recording: Pa
 
 def _check_foxglove_channels(path: Path, rec: Any) -> None:
     import bisect
-    import itertools
 
     import jsonschema
     from mcap.decoder import DecoderFactory as McapDecoderFactory
@@ -534,3 +534,78 @@ def test_reader_processes_survive_hostile_messages(
         assert json.loads(stderr.strip().splitlines()[-1])["rejected"] == {
             "invalid": 1, "malformed": 2
         }  # fmt: skip
+
+
+def _replay_into(endpoint: str, children: Children, *flags: str, want: int) -> tuple[
+    list[tuple[int, messages.Envelope]], subprocess.Popen[str]
+]:  # fmt: skip
+    """`streamfuse replay SESSION --endpoint EP FLAGS`, read by one subscriber of everything:
+    up to ``want`` messages, each with its receive time."""
+    got: list[tuple[int, messages.Envelope]] = []
+    with Subscriber(endpoint, [""]) as sub:
+        proc = children.streamfuse("replay", str(SESSION), "--endpoint", endpoint, *flags)
+        deadline = time.monotonic() + 60
+        while len(got) < want and time.monotonic() < deadline:
+            env = sub.recv(timeout=1)
+            if env is not None:
+                got.append((time.monotonic_ns(), env))
+    return got, proc
+
+
+def test_replay_start_topic_rate_and_wait_for_subscriber(endpoint: str, children: Children) -> None:
+    """--start skips the recording's first seconds, --topic keeps those topics, --rate
+    speeds the pacing up by its factor, --wait-for-subscriber holds the first message until
+    someone listens (so nothing is lost from the start), --json reports what went out."""
+    video = [x for x in read_recording(SESSION).messages if x.topic == "video/front"]
+    want = [x for x in video if x.log_time - video[0].log_time >= 2e9]  # of the topics kept
+    got, proc = _replay_into(
+        endpoint, children, "--start", "2", "--topic", "video/", "--rate", "2",
+        "--wait-for-subscriber", "30", "--json", want=len(want),
+    )  # fmt: skip
+    status, out, err = children.wait(proc)
+    assert status == 0, err
+    assert json.loads(out)["sent"] == {"video/front": len(want)}
+    assert {env.topic for _, env in got} == {b"video/front"}
+    assert [env.header.seq for _, env in got] == [x.envelope().header.seq for x in want]
+    assert [bytes(env.payload) for _, env in got[:3]] == [bytes(x.frames[-1]) for x in want[:3]]
+    recorded = (want[-1].log_time - want[0].log_time) / 1e9
+    replayed = (got[-1][0] - got[0][0]) / 1e9
+    assert 0.8 < replayed / (recorded / 2) < 1.25, (recorded, replayed)
+
+
+def test_replay_loop_continues_the_sequence_and_readers_waits_for_each(
+    endpoint: str, children: Children
+) -> None:
+    """--loop starts over at the end with sequence numbers that go on (a reader sees no
+    duplicate and no gap) and each lap's capture times later than the last lap's;
+    --readers 2 holds the first message until two readers are in."""
+    n = sum(x.topic == "audio/mic0" for x in read_recording(SESSION).messages)
+    with Subscriber(endpoint, ["audio/"]) as early:
+        proc = children.streamfuse(
+            "replay", str(SESSION), "--endpoint", endpoint, "--topic", "audio/", "--loop",
+            "--rate", "8", "--wait-for-subscriber", "30", "--readers", "2",
+        )  # fmt: skip
+        assert early.recv(timeout=3) is None  # one reader in: it waits for the second
+        with Subscriber(endpoint, ["audio/"]) as second:
+            got = collect(second, 2 * n + 2, timeout=60)
+        children.stop(proc)
+    seqs = [env.header.seq for env in got]
+    assert seqs == list(range(len(seqs))) and len(seqs) > 2 * n  # past two laps, from 0
+    t = [env.header.t_capture for env in got]  # each lap shifted to its own start
+    assert all(t[i + n] > t[i] for i in range(len(t) - n)), "a lap's times do not go on"
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--rate", "0"], "error: --rate: must be > 0, got 0.0"),
+        (["--start", "99"], "error: replay: nothing to replay on topics"),
+        (["--topic", "nothing/"], "error: replay: nothing to replay on topics ['nothing/']"),
+        ([], "error: replay: give exactly one of --endpoint EP or --run-dir DIR"),
+    ],
+)
+def test_bad_replay_flags_are_one_line(flags: list[str], needle: str, endpoint: str) -> None:
+    args = [*flags, "--endpoint", endpoint] if flags else []
+    res = run_cli("replay", str(SESSION), *args)
+    assert res.returncode == 2 and res.stderr.startswith(needle), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
