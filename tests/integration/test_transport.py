@@ -297,3 +297,33 @@ def test_every_documented_limit_holds_at_the_socket(endpoint: str, zctx: zmq.Con
             assert sub.rejected["invalid"] == len(LIMITS)
     finally:
         raw.close(linger=0)
+
+
+def test_a_bug_in_a_reader_is_counted_logged_once_per_topic_and_skipped(
+    endpoint: str,
+    zctx: zmq.Context,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/protocol.md `internal_error`: a message that meets a bug in the reader (here a
+    fault put into the decoder for one topic) is counted, logged once per topic, skipped;
+    the reader goes on with the next message on the same socket."""
+    real = m.decode
+
+    def buggy(parts, **kw):  # type: ignore[no-untyped-def]
+        if bytes(parts[0]) == b"video/bug":
+            raise KeyError("a bug")
+        return real(parts, **kw)
+
+    monkeypatch.setattr(m, "decode", buggy)
+    with Publisher(endpoint, context=zctx) as pub, Subscriber(endpoint, context=zctx) as sub:
+        assert pub.wait_for_subscriber(5)
+        hdr, img = frame(1)
+        for topic in ("video/bug", "video/bug", "video/front"):
+            pub.send(topic, hdr, img)
+        env = sub.recv(timeout=5)
+        assert env is not None and env.topic == b"video/front"
+        assert sub.rejected == {"internal_error": 2}
+    logged = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(logged) == 1 and "'video/bug'" in logged[0].getMessage()
+    assert "KeyError" in logged[0].getMessage()
