@@ -14,28 +14,32 @@ from streamfuse.errors import DecodeError
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
 nanos = st.integers(0, m.MAX_INT - 1)
 base = {
-    "stream": names,
+    "stream": names | st.just("n" * 256),
     "seq": st.integers(0, m.MAX_INT - 1),
     "t_capture": nanos,
     "t_wall": nanos,
     "media_pos": st.none() | nanos,
 }
 
-video = st.builds(
-    m.VideoFrame,
-    width=st.integers(1, 64),
-    height=st.integers(1, 64),
-    pixel_format=st.sampled_from(sorted(m.PIXEL_FORMATS)),
+# Every field of every kind has a strategy (test_every_field_is_generated checks), reaching
+# its documented edges: dimensions to 16384, 64 channels, names of 256 characters.
+video_fields = {
+    # one side at the full 16384, the other small: the payload stays small
+    "width": st.integers(1, 16384),
+    "height": st.integers(1, 4),
+    "pixel_format": st.sampled_from(sorted(m.PIXEL_FORMATS)),
+    "encoding": st.just("raw"),  # jpeg: its payload is checked apart (test_each_reject_reason)
     **base,
-)
-audio = st.builds(
-    m.AudioWindow,
-    sample_rate=st.integers(1000, 384_000),
-    channels=st.integers(1, 8),
-    sample_format=st.sampled_from(sorted(m.SAMPLE_FORMATS)),
-    n_samples=st.integers(1, 512),
+}
+video = st.builds(m.VideoFrame, **video_fields)
+audio_fields = {
+    "sample_rate": st.integers(1000, 384_000),
+    "channels": st.integers(1, 64),
+    "sample_format": st.sampled_from(sorted(m.SAMPLE_FORMATS)),
+    "n_samples": st.integers(1, 64),
     **{**base, "t_capture": st.integers(0, m.MAX_INT - m.MAX_WINDOW_NS - 1)},
-)
+}
+audio = st.builds(m.AudioWindow, **audio_fields)
 probabilities = st.floats(0.0, 1.0)
 names = st.text(min_size=1, max_size=12)
 input_ref = st.builds(
@@ -47,9 +51,8 @@ input_ref = st.builds(
     media_t0=st.none() | nanos,
     media_t1=st.none() | nanos,
 )
-classification = st.builds(
-    m.Classification,
-    label=st.text(max_size=10),
+classification_fields = dict(
+    label=st.text(max_size=10) | st.just("l" * 256),
     score=probabilities,
     topk=st.lists(st.tuples(st.text(max_size=5), probabilities), max_size=3),
     image_label=st.none() | st.text(max_size=10),
@@ -65,17 +68,28 @@ classification = st.builds(
     reasons=st.dictionaries(names, names, max_size=3),
     **base,
 )
-counters = st.dictionaries(st.text(max_size=10), st.integers(0, 2**31), max_size=4)
-heartbeat = st.builds(
-    m.Heartbeat,
-    source=st.text(max_size=20),
+classification = st.builds(m.Classification, **classification_fields)
+counters = st.dictionaries(st.text(max_size=10), st.integers(0, m.MAX_INT - 1), max_size=4)
+CLOCK_OFFSETS = st.dictionaries(st.text(max_size=8), st.integers(-(2**62), 2**62), max_size=3)
+heartbeat_fields = dict(
+    source=st.text(max_size=20) | st.just("s" * 4096),
+    pid=st.integers(0, 2**31 - 1),
+    uptime_ns=nanos,
+    sent=st.integers(0, m.MAX_INT - 1),
     rate_hz=st.floats(0.0, 1e9),
-    sent=st.integers(0, 2**40),
     drops=counters,
     errors=counters,
     last_error=st.none() | st.text(max_size=20),
+    state=st.sampled_from(["running", "eof", "stopped", "limit"]),
+    depths=counters,
+    received=counters,
+    clock_sync=st.sampled_from(["synced", "unsynced", "unknown"]),
+    clock_error_ns=st.none() | nanos,
+    model_swaps=st.integers(0, m.MAX_INT - 1),
+    clock_offsets_ns=CLOCK_OFFSETS,
     **base,
 )
+heartbeat = st.builds(m.Heartbeat, **heartbeat_fields)
 any_header = st.one_of(video, audio, classification, heartbeat)
 
 
@@ -94,6 +108,18 @@ def parts(h: m.Message, payload: bytes | None = None) -> list[bytes]:
     if p is not None:
         out.append(p)
     return out
+
+
+def test_every_field_is_generated() -> None:
+    """A field added to a kind without a strategy here would go untested: fail instead."""
+    kinds = [
+        (m.VideoFrame, video_fields),
+        (m.AudioWindow, audio_fields),
+        (m.Classification, classification_fields),
+        (m.Heartbeat, heartbeat_fields),
+    ]
+    for kind, fields in kinds:
+        assert set(kind.__struct_fields__) - {"v"} == set(fields), kind.__name__
 
 
 @given(any_header)
