@@ -32,6 +32,7 @@ def test_windows_are_exact_slices_timed_at_the_sample_rate(
     expected_starts = list(range(0, total - window + 1, hop))
     assert [int(s[0, 0]) if len(s) else None for s, _ in out] == expected_starts
     for (samples, t), start in zip(out, expected_starts, strict=True):
+        assert samples.dtype == np.float32  # float32 windows, whatever comes in
         np.testing.assert_array_equal(samples[:, 0], signal[start : start + window, 0])
         assert t == t0 + start * NS // rate
 
@@ -66,9 +67,10 @@ def test_blocks_of_the_wrong_shape_are_refused() -> None:
 
 
 def test_wire_formats() -> None:
-    x = np.array([[-1.5], [-1.0], [0.0], [0.5], [1.0]], dtype=np.float32)
-    assert to_wire(x, "s16le").tolist() == [[-32768], [-32767], [0], [16383], [32767]]
-    assert to_wire(x, "f32le").dtype == np.dtype("<f4")
+    x = np.array([[-1.5], [-1.0], [0.0], [0.5], [1.0], [1.5]], dtype=np.float32)
+    assert to_wire(x, "s16le").tolist() == [[-32768], [-32767], [0], [16383], [32767], [32767]]
+    f32 = to_wire(x, "f32le")
+    assert f32.dtype == np.dtype("<f4") and f32.tolist() == x.tolist()
     with pytest.raises(ValueError, match="u8"):
         to_wire(x, "u8")
 
@@ -100,3 +102,29 @@ def test_pulseaudio_pairs_give_a_steady_causal_timeline() -> None:
     steps = np.diff(starts[len(starts) // 2 :])  # after the first seconds of settling
     assert np.all(np.abs(steps - 50_000_000) <= 1_000), steps
     assert min(ends_vs_delivery) >= 0
+
+
+@pytest.mark.parametrize(("window", "hop"), [(0, 1), (1, 0)])
+def test_a_window_or_hop_under_one_sample_is_refused(window: int, hop: int) -> None:
+    with pytest.raises(ValueError, match=r"^window and hop must be >= 1 sample$"):
+        Windower(16000, 1, window, hop)
+
+
+@pytest.mark.parametrize(("late_ns", "resyncs"), [(20_000_000, 0), (20_000_001, 1)])
+def test_the_resync_tolerance_is_20_ms_inclusive(late_ns: int, resyncs: int) -> None:
+    """A block reported exactly 20 ms off the sample count is slewed; 1 ns more resyncs."""
+    w = Windower(16000, 1, 160, 160)
+    block = np.zeros((160, 1), np.float32)
+    w.push(block, 0)
+    w.push(block, 10_000_000 + late_ns)
+    assert w.counters["clock_resync"] == resyncs
+
+
+def test_a_resync_discards_exactly_the_half_built_window() -> None:
+    """After windows went out, only the samples of the one being built are discarded."""
+    w = Windower(16000, 1, 320, 160)
+    block = np.ones((160, 1), np.float32)
+    out = [*w.push(block, 0), *w.push(block, None), *w.push(block, None)]
+    assert [t for _, t in out] == [0, 10_000_000]  # windows at samples 0 and 160
+    w.push(block, 800_000_000)  # samples were lost: a new timeline
+    assert w.counters == {"clock_resync": 1, "samples_discarded": 160}
