@@ -179,3 +179,121 @@ def test_the_shipped_foxglove_layout_is_what_the_command_prints() -> None:
     cfg = load_config(None)
     shipped = Path(__file__).parents[2] / "configs" / "foxglove-layout.json"
     assert shipped.read_text() == layout([cfg.camera_topic(c) for c in cfg.cameras], cfg.mic_topic)
+
+
+HINT = "(streamfuse keys generate), or set security.insecure: true"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "problem"),
+    [
+        (
+            {"cameras": [{"name": "a", "topic": "video/x"}, {"name": "b", "topic": "video/x"}]},
+            "cameras",
+            "two sensors publish on one topic: ['video/x', 'video/x', 'audio/mic0']",
+        ),
+        (
+            {"cameras": [{"name": "a", "topic": "video/x"}, {"name": "a", "topic": "video/y"}]},
+            "cameras",
+            "camera names must differ, got ['a', 'a']",
+        ),
+        (
+            {"cameras": [{"name": "a"}, {"name": "b", "topic": "audio/x"}]},
+            "cameras[1].topic",
+            "a camera's topic starts video/",
+        ),
+        ({"mic": {"topic": "video/m"}}, "mic.topic", "a microphone's topic starts audio/"),
+        ({"cameras": []}, "cameras", "list at least one camera"),
+        (
+            {"restart_backoff_s": [5, 1]},
+            "restart_backoff_s",
+            "the first delay 5.0 exceeds the largest 1.0",
+        ),
+        (
+            {"mic": {"window_ms": 500, "hop_ms": 1000}},
+            "mic.hop_ms",
+            "1000.0 is longer than window_ms 500.0",
+        ),
+        (
+            {"engine": {"output": "tcp://127.0.0.1:65536"}},
+            "engine.output",
+            "'tcp://127.0.0.1:65536': use tcp://HOST:PORT with PORT 1-65535",
+        ),
+        (
+            {"engine": {"output": "tcp://:5"}},
+            "engine.output",
+            "'tcp://:5': use tcp://HOST:PORT with PORT 1-65535",
+        ),
+        (
+            {"engine": {"output": "ipc:///" + "x" * 107}},
+            "engine.output",
+            f"'ipc:///{'x' * 107}': an ipc path is at most 107 bytes",
+        ),
+        (
+            {"cameras": [{"name": "a", "endpoint": "tcp://127.0.0.1:0"}]},
+            "endpoint",
+            "'tcp://127.0.0.1:0': use tcp://HOST:PORT with PORT 1-65535",
+        ),
+        (
+            {"engine": {"output": "tcp://10.1.2.3:5560"}},
+            "engine.output",
+            f"tcp://10.1.2.3:5560 leaves this box: set security.key {HINT}",
+        ),
+        (
+            {"cameras": [{"name": "a"}, {"name": "b", "endpoint": "tcp://10.1.2.3:5555"}]},
+            "cameras[1].server_key",
+            f"tcp://10.1.2.3:5555 (video/b) is beyond this box: give its key {HINT}",
+        ),
+        (
+            {"mic": {"endpoint": "tcp://10.1.2.3:5556"}},
+            "mic.server_key",
+            f"tcp://10.1.2.3:5556 (audio/mic0) is beyond this box: give its key {HINT}",
+        ),
+    ],
+)
+def test_each_refusal_names_its_field_and_says_why(
+    raw: dict[str, object], field: str, problem: str, tmp_path: Path
+) -> None:
+    """The whole message a user reads, not only the field (mutmut's survivors: a refusal
+    with the wrong field, no message, or another message)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.field, info.value.problem) == (field, problem)
+    assert str(info.value) == f"{field} in {path}: {problem}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"engine": {"output": "tcp://127.0.0.1:65535"}},
+        {"engine": {"output": "tcp://127.0.0.1:1"}},
+        {"engine": {"output": "tcp://*:*"}, "security": {"insecure": True}},
+        {"engine": {"output": "ipc:///" + "x" * 106}},  # 107 bytes: the most
+        {"restart_backoff_s": [1, 1]},
+        {"mic": {"window_ms": 500, "hop_ms": 500}},
+        {"engine": {"output": "tcp://10.1.2.3:5560"}, "security": {"insecure": True}},
+    ],
+)
+def test_the_edges_of_each_refusal_are_accepted(raw: dict[str, object], tmp_path: Path) -> None:
+    """One step inside each refusal's limit loads."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    load_config(path)  # raises if refused
+
+
+def test_sync_settings_reach_the_synchronizer_in_nanoseconds(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    raw = {
+        "cameras": [{"name": "front"}, {"name": "side"}],
+        "sync": {"policy": "k-frames", "tolerance_ms": 12.5, "max_wait_ms": 250,
+                 "offsets_ms": {"video/side": -3.25}},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    s = cfg.sync_config(k=3)
+    assert s.cameras == ("video/front", "video/side") and s.policy == "k-frames" and s.k == 3
+    assert (s.tolerance, s.max_wait, s.retain) == (12_500_000, 250_000_000, 2_000_000_000)
+    assert dict(s.offsets) == {"video/side": -3_250_000}
+    assert cfg.sync_config().k == type(s)(cameras=s.cameras).k  # k=1: the policy's default
