@@ -43,7 +43,7 @@ def test_block_times_within_tolerance_slew_the_timeline_gently() -> None:
     assert len(w.push(block, 0)) == 1
     # The device says the next block started 2 ms later than the sample count predicts.
     ((_, t_b),) = w.push(block, 10_000_000 + 2_000_000)
-    assert t_b == 10_000_000 + 2_000_000 // 4
+    assert t_b == 10_000_000 + 2_000_000 // 4 and isinstance(t_b, int)  # ns stay integers
     assert w.counters["clock_resync"] == 0
 
 
@@ -128,3 +128,9 @@ def test_a_resync_discards_exactly_the_half_built_window() -> None:
     assert [t for _, t in out] == [0, 10_000_000]  # windows at samples 0 and 160
     w.push(block, 800_000_000)  # samples were lost: a new timeline
     assert w.counters == {"clock_resync": 1, "samples_discarded": 160}
+    fresh = np.arange(160, dtype=np.float32)[:, None] + 2
+    ((samples, t),) = w.push(fresh, None)  # the new timeline's first window: nothing stale
+    assert t == 800_000_000 and samples[:160].tolist() == block.tolist()
+    assert samples[160:].tolist() == fresh.tolist()
+    w.push(block, 2_000_000_000)  # a second loss: counted again, the half window again
+    assert w.counters == {"clock_resync": 2, "samples_discarded": 320}
