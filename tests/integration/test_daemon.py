@@ -55,6 +55,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
     stop = threading.Event()
+    stalled: Client | None = None
     try:
         health = wait_healthy(cfg["http"]["port"])
         # For the slow-subscriber test (the module's last): a client that reads one result
@@ -71,7 +72,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                "stall_began": time.monotonic_ns()}  # fmt: skip
     finally:
         stop.set()
-        if "stalled" in locals():
+        if stalled is not None:
             stalled.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
