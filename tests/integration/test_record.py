@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,19 @@ def test_lockstep_is_the_same_bytes_on_another_cpu() -> None:
     qemu = require_tool("qemu-x86_64")
     here = {k for k in ISA if __cpu_features__[k]}
     require("AVX2" in here, f"needs a host with AVX2 to differ from the emulated CPU ({here})")
-    native = run_cli("replay", str(SESSION), "--lockstep", "--json", timeout=120)
     python = os.path.realpath(sys.executable)  # under QEMU, a venv's launcher finds no venv
     packages = ":".join(site.getsitepackages())
     cli = ["replay", str(SESSION), "--lockstep", "--json"]
-    emulated = subprocess.run(
-        [qemu, "-cpu", "Nehalem-v1", python, "-c", EMULATED, packages, " ".join(ISA), *cli],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    with ThreadPoolExecutor(2) as pool:  # side by side: the emulated run is the long one
+        emulating = pool.submit(
+            subprocess.run,
+            [qemu, "-cpu", "Nehalem-v1", python, "-c", EMULATED, packages, " ".join(ISA), *cli],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        native = run_cli(*cli, timeout=120)
+        emulated = emulating.result()
     assert native.returncode == 0 and emulated.returncode == 0, emulated.stderr[-2000:]
     seen = next(x for x in emulated.stderr.splitlines() if x.startswith("cpu:")).split()[1:]
     assert not set(seen) & here, f"the emulated CPU has {seen}: the same kernels as this one"

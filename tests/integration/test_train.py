@@ -37,7 +37,7 @@ def test_train_writes_checkpoint_card_and_verified_onnx(
         "--epochs",
         "1",
         "--limit",
-        "192",
+        "96",
         "--out",
         str(out),
         "--data",
@@ -58,7 +58,7 @@ def test_train_writes_checkpoint_card_and_verified_onnx(
     assert {p.name for p in out.iterdir()} >= {"model.pt", "model.onnx", "model_card.json"}
     assert card["onnx"]["max_abs_diff"] <= 1e-4
     assert set(card["metrics"]) == {"espeak (trained voices)", "espeak (held-out voices)"}
-    # (a random 192 clips of them) never the two held-out espeak voices
+    # (a random 96 clips of them) never the two held-out espeak voices
     assert set(card["data"]["train_speakers"]) <= {
         "george",
         "jackson",
@@ -98,7 +98,7 @@ def test_eval_reports_every_condition_and_target_for_a_held_out_speaker(
         "--epochs",
         "1",
         "--limit",
-        "192",
+        "96",
         "--baselines",
         "--data",
         str(data),

@@ -62,7 +62,7 @@ def test_blocks_of_the_wrong_shape_are_refused() -> None:
     w = Windower(16000, 2, 10, 10)
     with pytest.raises(ValueError, match=r"\(n, 2\)"):
         w.push(np.zeros((10, 1), np.float32), 0)
-    with pytest.raises(ValueError, match="capture time"):
+    with pytest.raises(ValueError, match=r"^the first block needs a capture time$"):
         Windower(16000, 1, 10, 10).push(np.zeros((10, 1), np.float32))
 
 
@@ -134,3 +134,11 @@ def test_a_resync_discards_exactly_the_half_built_window() -> None:
     assert samples[160:].tolist() == fresh.tolist()
     w.push(block, 2_000_000_000)  # a second loss: counted again, the half window again
     assert w.counters == {"clock_resync": 2, "samples_discarded": 320}
+
+
+def test_the_default_slew_takes_a_64th_of_the_error_per_block() -> None:
+    w = Windower(16000, 1, 160, 160)
+    block = np.zeros((160, 1), np.float32)
+    w.push(block, 0)
+    ((_, t),) = w.push(block, 10_000_000 + 6_400_000)
+    assert t == 10_000_000 + 6_400_000 // 64
