@@ -64,8 +64,15 @@ $(TRITON):
 test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# librosa (the log-mel test's reference) compiles its numba kernels when first imported:
+# ~40 s in a fresh venv. Done once, beside lint and mypy, not inside the first test.
+NUMBA := $(VENV)/.numba-stamp
+$(NUMBA): $(DEV)
+	$(PY) -c "import librosa.util.utils"
+	@touch $@
+
 # Everything pytest needs first (`make -j3 test-deps` builds them side by side; .ci/run does).
-test-deps: lint typecheck $(TSREADER) $(TRITON)
+test-deps: lint typecheck $(TSREADER) $(TRITON) $(NUMBA)
 
 unit: $(DEV)
 	$(PY) -m pytest tests/unit -q
