@@ -10,13 +10,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from streamfuse.messages import Envelope
 from streamfuse.transport import Subscriber
+
+T = TypeVar("T")
 
 
 def collect(sub: Subscriber, n: int, timeout: float, topic: bytes | None = None) -> list[Envelope]:
@@ -86,6 +89,16 @@ def wait_healthy(port: int, timeout: float = 60, want: str = "ok") -> dict[str, 
             pass
         time.sleep(0.2)
     raise AssertionError(f"daemon not {want} after {timeout} s: {last}")
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``cond`` until it returns something truthy (returned); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := cond():
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def wait_results(port: int, n: int, timeout: float = 30) -> int:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from streamfuse.backend import ModelInfo, default_model_path
 
 from .. import colour_model as C
-from .helpers import free_port, http_json, run_cli, write_config
+from .helpers import free_port, http_json, run_cli, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -145,15 +144,6 @@ def _metric(port: int, pattern: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (got := cond()) is not None:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def test_a_swap_under_load_loses_no_window_and_a_bad_model_is_refused(
     session: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -189,11 +179,11 @@ def test_a_swap_under_load_loses_no_window_and_a_bad_model_is_refused(
         garbage.write_bytes(b"\x08\x07not a model" * 100)
         os.replace(garbage, served)
         failed = r'streamfuse_errors_total\{kind="model_swap_failed",stream="result/"\}'
-        _wait(lambda: _metric(port, failed), 10, "the corrupt model counted as a failed swap")
+        wait_for(lambda: _metric(port, failed), 10, "the corrupt model counted as a failed swap")
         # a model whose contract does not fit the sensors (K frames, nearest-center policy)
         shutil.copyfile(session["temporal"], tmp_path / "next.onnx")
         os.replace(tmp_path / "next.onnx", served)
-        _wait(lambda: _metric(port, failed) == 2 or None, 10, "the misfit counted as failed")
+        wait_for(lambda: _metric(port, failed) == 2 or None, 10, "the misfit counted as failed")
         shutil.copyfile(session["both"], tmp_path / "next.onnx")
         os.replace(tmp_path / "next.onnx", served)
         proc.send_signal(signal.SIGHUP)

@@ -16,19 +16,17 @@ from streamfuse import Client
 from streamfuse.transport import Subscriber
 
 from ..conftest import Children
-from .helpers import http_json, pid_alive, run_cli, wait_healthy, wait_results, write_config
+from .helpers import (
+    http_json,
+    pid_alive,
+    run_cli,
+    wait_for,
+    wait_healthy,
+    wait_results,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def _wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def _child(port: int, name: str) -> dict:  # type: ignore[type-arg]
@@ -42,7 +40,7 @@ def test_a_live_camera_stopped_by_sigterm_is_restarted(tmp_path: Path, children:
     port = cfg["http"]["port"]
     first = wait_healthy(port)["children"]["camera front"]["pid"]
     os.kill(first, signal.SIGTERM)
-    again = _wait_for(
+    again = wait_for(
         lambda: (c := _child(port, "camera front"))["pid"] not in (None, first) and c,
         15,
         "the camera restarted",
@@ -62,7 +60,7 @@ def test_a_hung_camera_is_killed_within_three_heartbeats_by_default(
     port = cfg["http"]["port"]
     pid = wait_healthy(port)["children"]["camera front"]["pid"]
     # hung once running: after its first heartbeat (before it, start-up has 30 s of grace)
-    _wait_for(
+    wait_for(
         lambda: "video/front" in http_json(port, "/healthz")[1]["heartbeat_age_s"],
         15,
         "the camera's first heartbeat",
@@ -70,7 +68,7 @@ def test_a_hung_camera_is_killed_within_three_heartbeats_by_default(
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        _wait_for(lambda: _child(port, "camera front")["hangs"] >= 1, 10, "hang detected")
+        wait_for(lambda: _child(port, "camera front")["hangs"] >= 1, 10, "hang detected")
         took = time.monotonic() - stopped
     finally:
         if pid_alive(pid):
@@ -91,7 +89,7 @@ def test_a_killed_engine_hands_over_to_its_standby_and_no_window_is_lost(
     sup = children.streamfuse("run", "--config", str(path))
     port = cfg["http"]["port"]
     health = wait_healthy(port)
-    standby = _wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
+    standby = wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
     engine = health["children"]["engine"]["pid"]
     windows: list[int] = []
     with Client(cfg["engine"]["output"]) as client:
@@ -106,7 +104,7 @@ def test_a_killed_engine_hands_over_to_its_standby_and_no_window_is_lost(
         before = len(windows)
         os.kill(engine, signal.SIGKILL)
         killed = time.monotonic()
-        took_over = _wait_for(
+        took_over = wait_for(
             lambda: (c := _child(port, "engine"))["pid"] == standby and c, 15, "the takeover"
         )
         served_s = time.monotonic() - killed
@@ -118,7 +116,7 @@ def test_a_killed_engine_hands_over_to_its_standby_and_no_window_is_lost(
     (results,) = streams.values()
     assert results.gaps == 0 and results.reordered == 0, results
     assert served_s < 5.0, served_s  # ~0.05 s (benchmarks/restart.py); room for a loaded CI
-    again = _wait_for(
+    again = wait_for(
         lambda: (c := _child(port, "standby"))["pid"] not in (None, standby) and c,
         15,
         "a new standby",
@@ -139,7 +137,7 @@ def test_a_hung_engine_is_killed_and_the_standby_classifies_its_windows_late(
     sup = children.streamfuse("run", "--config", str(path))
     port = cfg["http"]["port"]
     engine = wait_healthy(port)["children"]["engine"]["pid"]
-    standby = _wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
+    standby = wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
     got: list[tuple[int, bool, int]] = []  # window seq, degraded, latency
     with Client(cfg["engine"]["output"]) as client:
 
@@ -153,7 +151,7 @@ def test_a_hung_engine_is_killed_and_the_standby_classifies_its_windows_late(
         take(time.monotonic() + 1.5)
         os.kill(engine, signal.SIGSTOP)
         try:
-            _wait_for(lambda: _child(port, "engine")["pid"] == standby, 20, "the takeover")
+            wait_for(lambda: _child(port, "engine")["pid"] == standby, 20, "the takeover")
         finally:
             if pid_alive(engine):
                 os.kill(engine, signal.SIGKILL)
@@ -174,9 +172,9 @@ def test_a_standby_that_dies_is_restarted_and_the_engine_goes_on(
     sup = children.streamfuse("run", "--config", str(path))
     port = cfg["http"]["port"]
     engine = wait_healthy(port)["children"]["engine"]["pid"]
-    standby = _wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
+    standby = wait_for(lambda: _child(port, "standby")["pid"], 15, "the standby started")
     os.kill(standby, signal.SIGKILL)
-    again = _wait_for(
+    again = wait_for(
         lambda: (c := _child(port, "standby"))["pid"] not in (None, standby) and c,
         15,
         "the standby restarted",
@@ -266,7 +264,7 @@ def test_a_recorder_that_dies_is_restarted_onto_a_new_part(
     wait_results(port, 3)  # the first part holds frames and results
     os.kill(recorder, signal.SIGKILL)
     part = tmp_path / "session.part1.mcap"
-    _wait_for(lambda: part.exists() and part.stat().st_size > 0, 15, "a second part")
+    wait_for(lambda: part.exists() and part.stat().st_size > 0, 15, "a second part")
     assert _child(port, "recorder")["restarts"] == 1
     wait_results(port, wait_results(port, 0) + 4)  # and results come after the restart
     status, _, err = children.stop(sup)
