@@ -277,6 +277,10 @@ class RunConfig(_Section):
         tuple[Delay, Delay],
         _opt("first and largest delay before restarting a child (doubling between them)"),
     ] = (0.2, 10.0)
+    restart_reset_s: Annotated[
+        float,
+        _opt("a child up this long restarts after the first delay again", gt=0.0, le=86_400.0),
+    ] = 30.0
     hang_timeout_s: Annotated[
         float,
         _opt(
@@ -339,16 +343,15 @@ class RunConfig(_Section):
     def curve_clients(self) -> dict[str, Any]:
         """endpoint -> the CurveClient to connect with: external sources that have a
         server_key, and engine.output where it is a CURVE server (with this daemon's key)."""
-        from .security import CurveClient, load_secret
+        from .security import CurveClient
 
         out: dict[str, Any] = {}
         for topic, sensor in self.sensors():
             if sensor.endpoint is not None and sensor.server_key is not None:
                 out[sensor.endpoint] = CurveClient.to(sensor.server_key, self.security.key, topic)
-        if self.curve_server() is not None:
-            assert self.security.key is not None
-            public, secret = load_secret(self.security.key, "security.key")
-            out[self.engine.output] = CurveClient(public, public, secret)
+        server = self.curve_server()
+        if server is not None:
+            out[self.engine.output] = CurveClient(server.public, server.public, server.secret)
         return out
 
     def curve_server(self) -> Any:
@@ -490,8 +493,6 @@ def _convert(raw: Any, file: str) -> RunConfig:
         raise _explain(exc, file) from None
     except ConfigError as err:
         raise ConfigError(err.field, err.problem, file=file) from None
-    except RecursionError:
-        raise ConfigError("config", "nested too deeply", file=file) from None
 
 
 def _one_line(exc: Exception) -> str:

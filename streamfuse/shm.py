@@ -30,7 +30,6 @@ is itself a full barrier, so data never races its announcement).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 import os
@@ -63,7 +62,7 @@ MAX_SEGMENTS = 64
 SLOT_HEADER = 16
 LONELY_S = 1.0
 """A lossless publisher whose ring no reader ever registered in stops waiting after this."""
-_NAME = re.compile(r"^sf-[0-9]+-[0-9a-f]{8}$")
+_NAME = re.compile(r"sf-[0-9]+-[0-9a-f]{8}")  # fullmatch: "$" would let a "\n" end it
 
 
 class ShmRef(msgspec.Struct, array_like=True, frozen=True):
@@ -113,9 +112,14 @@ class _Segment:
             for k in range(self.slots)
         ]
 
-    def close(self) -> None:
+    def close(self, *, unmap: bool = True) -> None:
+        """Drop the views; with ``unmap`` also the mapping, at once. Without it the mapping
+        goes when the last array on it does: NumPy keeps no buffer export of what it views,
+        so unmapping under a live ``copy=False`` payload would leave it pointing at freed
+        (or another segment's, once remapped) memory."""
         del self.readers, self.meta, self.data  # views must go before the mapping can
-        self._close()
+        if unmap:
+            self._close()
 
 
 def _map(name: str) -> tuple[memoryview, Callable[[], None]]:
@@ -384,11 +388,10 @@ class ShmReader:
         seg, row = got
         if seg.readers[row, 0] == self._token:
             seg.readers[row, 0] = 0
-        with contextlib.suppress(BufferError):  # a copy=False view still on it: at exit
-            seg.close()
+        seg.close(unmap=self.copy)  # copy=False: payloads the app holds keep it mapped
 
     def _attach(self, name: str, topic: bytes) -> tuple[_Segment, int]:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise DecodeError("malformed", f"{name!r} is not a streamfuse segment", topic=topic)
         try:
             seg = _Segment(*_map(name))
@@ -421,6 +424,5 @@ class ShmReader:
         for seg, row in self._segs.values():
             if seg.readers[row, 0] == self._token:
                 seg.readers[row, 0] = 0
-            with contextlib.suppress(BufferError):  # the app holds copy=False views: at exit
-                seg.close()
+            seg.close(unmap=self.copy)  # copy=False: payloads the app holds keep it mapped
         self._segs.clear()

@@ -2,11 +2,10 @@
 
 - Children are ``python -m streamfuse capture ...`` / ``engine ...`` processes. A child
   that exits is restarted, whatever its status, after a backoff that doubles (0.2 s -> 10 s
-  by default) and resets once it has run for 30 s; only a sensor whose last heartbeat says
-  ``eof`` (a file at its end) or a replay at its end is done. A recorder restarts onto a new
-  part of its file. A child
-  whose heartbeats stop for ``hang_timeout_s`` (hung, not crashed) is killed and restarted
-  the same way.
+  by default) and resets once it has run for ``restart_reset_s`` (30 s); only a sensor
+  whose last heartbeat says ``eof`` (a file at its end) or a replay at its end is done. A
+  recorder restarts onto a new part of its file. A child whose heartbeats stop for
+  ``hang_timeout_s`` (hung, not crashed) is killed and restarted the same way.
 - ``engine.output`` is bound by the supervisor (a :class:`~streamfuse.transport.Relay`):
   engines publish into it, so subscribers never lose their connection. With
   ``engine.standby`` a second engine, its model loaded, follows the sensors without
@@ -479,7 +478,7 @@ class Supervisor:
                 continue
             rc = child.proc.poll()
             if rc is None:
-                if child.backoff and now - child.started_at > STABLE_S:
+                if child.backoff and now - child.started_at > self.cfg.restart_reset_s:
                     child.backoff = 0.0
                 if not child.killed and self._hung(child, now):
                     child.hangs += 1

@@ -22,8 +22,22 @@ from pathlib import Path
 
 import pytest
 import zmq
+from hypothesis import settings
 
 IN_CI = bool(os.environ.get("CI"))
+
+
+#: Under ``mutmut run`` (which sets MUTANT_UNDER_TEST) each property draws a tenth of its
+#: examples: hundreds of mutated copies each rerun the tests (docs/testing.md, Mutation score).
+EXAMPLE_SCALE = 0.1 if "MUTANT_UNDER_TEST" in os.environ else 1.0
+if EXAMPLE_SCALE < 1:  # and the properties that keep Hypothesis's default of 100
+    settings.register_profile("mutation", max_examples=10, deadline=None)
+    settings.load_profile("mutation")
+
+
+def examples(n: int) -> int:
+    """Hypothesis's ``max_examples`` for a property that draws ``n`` in a normal run."""
+    return max(10, round(n * EXAMPLE_SCALE))
 
 
 def require(condition: bool, reason: str) -> None:

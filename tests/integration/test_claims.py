@@ -8,6 +8,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -80,6 +81,40 @@ def test_a_failing_sensor_is_restarted_after_a_backoff_that_doubles_to_its_cap(
         for x in re.findall(r"camera front exited with status \d+; restarting in ([\d.]+) s", err)
     ]
     assert delays[:4] == [0.2, 0.4, 0.8, 1.0], delays  # 1.6 capped at 1.0
+
+
+def test_the_backoff_starts_over_once_a_child_has_run_restart_reset_s(
+    tmp_path: Path, children: Children
+) -> None:
+    """README: the delay doubles while a child keeps exiting and is 0.2 s again once it has
+    run for `restart_reset_s` (30 s by default; 2 s here): a camera killed three times
+    at once waits 0.2, 0.4, 0.8 s; killed after 2.5 s up, 0.2 s again, not 1.0 s."""
+    path, cfg = write_config(tmp_path, restart_backoff_s=[0.2, 5.0], restart_reset_s=2.0)
+    sup = children.streamfuse("run", "--config", str(path))
+    port = cfg["http"]["port"]
+
+    def camera() -> dict[str, Any]:
+        child: dict[str, Any] = http_json(port, "/healthz")[1]["children"]["camera front"]
+        return child
+
+    def started(after: int | None) -> int | None:
+        c = camera()
+        return c["pid"] if c["running"] and c["pid"] != after else None
+
+    wait_healthy(port)
+    pid = None
+    for up in (0.0, 0.0, 0.0, 2.5):
+        pid = wait_for(lambda: started(pid), 30, "the camera up again")  # noqa: B023
+        time.sleep(up)  # how long it runs is the point here, not a wait for a state
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: camera()["restarts"] == 4, 30, "the fourth restart")
+    status, _, err = children.stop(sup)
+    assert status == 0, err
+    delays = [
+        float(x)
+        for x in re.findall(r"camera front exited with status -9; restarting in ([\d.]+) s", err)
+    ]
+    assert delays == [0.2, 0.4, 0.8, 0.2], delays
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_5_s(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -84,6 +85,51 @@ def test_real_portaudio_capture_recovers_the_tone_and_the_sample_clock(
     starts = np.array([w.header.t_capture for w in windows])
     assert np.all(np.abs(np.diff(starts) - NS // 10) < 5_000_000), np.diff(starts)
     assert 0 < received_at - windows[-1].header.t_end < 2 * NS
+
+
+def test_a_device_that_stops_delivering_starts_a_new_timeline_counted_clock_resync(
+    tmp_path: Path, endpoint: str, children: Children, pulse: dict[str, str]
+) -> None:
+    """README: a jump in the device's clock starts a new timeline, counted `clock_resync`.
+    The sink is suspended for 2 s under a real PortAudio capture (no samples arrive, the
+    clock goes on): the windows after it carry the times they were heard at, not the old
+    timeline's, and the heartbeat counts one resync; 100 ms apart on either side."""
+    wav = tone(tmp_path / "a440.wav", 440.0, 30.0, 16000)
+    children.start(
+        [require_tool("paplay"), "--latency-msec=20", "-d", "vsink", str(wav)], env=pulse
+    )
+    wait_playing(pulse)
+    pactl = require_tool("pactl")
+    with Subscriber(endpoint, ["audio/", "heartbeat/"]) as sub:
+        mic = children.streamfuse(
+            "capture", "mic", "--source", "pulse", "--topic", "audio/mic0",
+            "--endpoint", endpoint, "--rate", "16000", "--window-ms", "200",
+            "--hop-ms", "100", "--wait-for-subscriber", "10", env=pulse,
+        )  # fmt: skip
+        before = collect(sub, 10, timeout=30, topic=b"audio/mic0")
+        subprocess.run([pactl, "suspend-sink", "vsink", "1"], env=pulse, check=True)
+        try:
+            time.sleep(2.0)  # the outage is the point of the test
+        finally:
+            subprocess.run([pactl, "suspend-sink", "vsink", "0"], env=pulse, check=True)
+        windows, resyncs = [], 0
+        deadline = time.monotonic() + 30
+        while (len(windows) < 20 or not resyncs) and time.monotonic() < deadline:
+            env = sub.recv(timeout=1.0)
+            if env is not None and isinstance(env.header, m.AudioWindow):
+                windows.append(env)
+            elif env is not None and isinstance(env.header, m.Heartbeat):
+                resyncs = env.header.errors.get("clock_resync", 0)
+        received_at = time.monotonic_ns()
+        status, _, err = children.stop(mic)
+    assert status == 0, err
+    assert resyncs == 1, err
+    starts = np.array([w.header.t_capture for w in [*before, *windows]])
+    steps = np.diff(starts)
+    jumps = np.flatnonzero(np.abs(steps - NS // 10) >= 5_000_000)
+    assert len(jumps) == 1, steps  # one new timeline; 100 ms steps on both sides of it
+    assert 1.8 * NS < steps[jumps[0]] < 3.0 * NS, steps[jumps[0]]  # the 2 s without samples
+    assert 0 < received_at - windows[-1].header.t_end < 2 * NS  # still the time heard at
 
 
 def test_wav_file_is_resampled_windowed_and_timed_by_media_position(

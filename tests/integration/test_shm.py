@@ -24,7 +24,7 @@ from streamfuse.errors import ConfigError
 from streamfuse.shm import TAG
 from streamfuse.transport import Publisher, Subscriber
 
-from ..conftest import require
+from ..conftest import examples, require
 from .helpers import run_cli
 
 pytestmark = [
@@ -253,7 +253,8 @@ def _expected(ref: bytes, slots: int, capacity: int) -> str:
         return "malformed"
     name, slot, _gen, size = value
     if name != REAL:
-        return "malformed" if not re.match(r"^sf-[0-9]+-[0-9a-f]{8}$", name) else "shm_unavailable"
+        named = re.fullmatch(r"sf-[0-9]+-[0-9a-f]{8}", name)
+        return "shm_unavailable" if named else "malformed"
     if not (0 <= slot < slots and 0 <= size <= capacity):
         return "malformed"
     return "overwritten"  # (no slot ever holds a generation this test made up)
@@ -266,7 +267,9 @@ edge_ints = st.one_of(
 
 
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(80),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     ref=st.one_of(

@@ -15,6 +15,8 @@ from streamfuse import messages as m
 from streamfuse.errors import EndpointError
 from streamfuse.transport import Publisher, Sources, Subscriber
 
+from ..conftest import examples
+
 pytestmark = pytest.mark.integration
 
 
@@ -54,7 +56,9 @@ def test_recv_times_out_with_none(endpoint: str, zctx: zmq.Context) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     garbage=st.lists(

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from streamfuse.approximate import ApproximateTime
 
+from ..conftest import examples
+
 S = 1_000_000_000
 
 # name: (inputs [(seconds, topic)], [(emitted at input #, (seconds per topic))], queue, bounds)
@@ -185,7 +187,7 @@ def test_the_issue_counterexample_is_not_emitted_early() -> None:
     assert all(stamps != (40, 67, 47) for _, stamps in emitted)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     n=st.integers(2, 4),
     data=st.data(),
@@ -302,7 +304,7 @@ def is_prefix(a: list[tuple[int, ...]], b: list[tuple[int, ...]]) -> bool:
     return longer[: len(shorter)] == shorter
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(streams(), st.data())
 def test_sets_are_contiguous_and_of_minimal_size_among_contiguous_sets(
     stream: tuple[list[list[int]], list[int]], data: st.DataObject
@@ -332,7 +334,7 @@ def test_sets_are_contiguous_and_of_minimal_size_among_contiguous_sets(
         previous = s
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(streams(), st.data())
 def test_the_output_depends_only_on_the_stamps_and_bounds_only_make_it_sooner(
     stream: tuple[list[list[int]], list[int]], data: st.DataObject

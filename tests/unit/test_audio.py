@@ -142,3 +142,32 @@ def test_the_default_slew_takes_a_64th_of_the_error_per_block() -> None:
     w.push(block, 0)
     ((_, t),) = w.push(block, 10_000_000 + 6_400_000)
     assert t == 10_000_000 + 6_400_000 // 64
+
+
+def test_a_forward_slew_stops_at_the_delivery_slack() -> None:
+    """A device clock running ahead pulls the timeline later by a 64th of its error per
+    block, but never past what was delivered: the slew is cut to the smallest slack
+    (here 30 us, where the error alone would move it 100 us)."""
+    w = Windower(1000, 1, 10, 10)
+    block = np.zeros((10, 1), np.float32)
+    ((_, t0),) = w.push(block, 0, t_delivered=10_000_000 + 30_000)
+    assert t0 == 0
+    ((_, t1),) = w.push(block, 10_000_000 + 6_400_000, t_delivered=20_000_000 + 30_000)
+    assert t1 == 10_000_000 + 30_000
+    # and a slew of a single nanosecond is cut to nothing where an earlier block had no
+    # slack to spare (this one has 5 us)
+    w = Windower(1000, 1, 10, 10)
+    w.push(block, 0, t_delivered=10_000_000)
+    ((_, t1),) = w.push(block, 10_000_000 + 64, t_delivered=20_000_000 + 5_000)
+    assert t1 == 10_000_000
+
+
+def test_a_resync_counts_a_single_sample_half_built_and_none_when_nothing_was() -> None:
+    w = Windower(1000, 1, 10, 10)
+    assert len(w.push(np.ones((11, 1), np.float32), 0)) == 1  # one sample of the next one
+    w.push(np.ones((5, 1), np.float32), 5_000_000_000)
+    assert w.counters == {"clock_resync": 1, "samples_discarded": 1}
+    w = Windower(1000, 1, 10, 10)
+    w.push(np.ones((10, 1), np.float32), 0)  # a window exactly: nothing half built
+    w.push(np.ones((5, 1), np.float32), 5_000_000_000)
+    assert w.counters == {"clock_resync": 1}

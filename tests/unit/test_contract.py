@@ -21,6 +21,7 @@ from streamfuse.contract import Contract
 from streamfuse.errors import ConfigError
 
 from .. import colour_model as C
+from ..conftest import examples
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     key=st.sampled_from(
         [

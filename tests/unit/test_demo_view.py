@@ -11,6 +11,8 @@ from streamfuse.messages import Classification, InputRef
 pytest.importorskip("rich")
 from streamfuse_plugins.demo.session import demo_line, demo_table, score
 
+from ..conftest import examples
+
 S = 1_000_000_000
 
 
@@ -19,7 +21,7 @@ def _result(t0: int, label: str) -> Classification:
     return Classification(stream="front", t_capture=t0, label=label, score=0.9, inputs=[audio])
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     digits=st.lists(st.integers(0, 9), min_size=1, max_size=40),
     right=st.lists(st.booleans(), min_size=80, max_size=80),

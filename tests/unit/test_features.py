@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from streamfuse.contract import LogMel
 from streamfuse.features import log_mel
 
+from ..conftest import examples
+
 librosa = pytest.importorskip("librosa", reason="librosa (dev extra) is the reference")
 
 
@@ -40,7 +42,7 @@ def params(draw: st.DrawFn) -> tuple[int, LogMel]:
 
 
 @pytest.mark.filterwarnings("ignore:Empty filters detected")  # n_mels > bins: both give 0
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(p=params(), samples=st.integers(600, 6000), seed=st.integers(0, 2**32 - 1))
 def test_log_mel_matches_librosa(p: tuple[int, LogMel], samples: int, seed: int) -> None:
     rate, mel = p

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from streamfuse import messages as m
 from streamfuse.errors import DecodeError
 
+from ..conftest import examples
+
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
 nanos = st.integers(0, m.MAX_INT - 1)
 base = {
@@ -199,7 +201,7 @@ def test_a_message_built_with_plain_msgpack_decodes() -> None:
     assert m.audio_array(env).shape == (4, 1)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.lists(st.binary(max_size=300), min_size=0, max_size=4))
 def test_garbage_is_rejected_with_a_reason_never_a_crash(frames: list[bytes]) -> None:
     try:
@@ -327,7 +329,7 @@ _all_keys = sorted(
 )  # fmt: skip
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(
     kind=st.sampled_from(["video", "audio", "classification", "heartbeat", "other", 7]),
     fields=st.dictionaries(st.sampled_from(_all_keys), _hostile_values, max_size=8),
@@ -378,3 +380,133 @@ def test_trailing_bytes_after_the_header_are_malformed() -> None:
     with pytest.raises(DecodeError) as info:
         m.decode([b"heartbeat/x", raw + b"\x00"])
     assert info.value.reason == "malformed" and "trailing" in str(info.value)
+
+
+def _window(rate: int, n: int, t: int = 1, fmt: str = "f32le", ch: int = 1) -> list[bytes]:
+    w = m.AudioWindow(
+        stream="a", t_capture=t, sample_rate=rate, channels=ch, n_samples=n,
+        sample_format=fmt,  # type: ignore[arg-type]
+    )  # fmt: skip
+    width = 4 if fmt == "f32le" else 2
+    return [b"audio/a", m.encode(w), bytes(n * ch * width)]
+
+
+def test_an_audio_window_is_at_most_ten_seconds_long() -> None:
+    m.decode(_window(1000, 10_000))  # exactly 10 s
+    with pytest.raises(DecodeError) as info:
+        m.decode(_window(1000, 10_001))
+    assert (info.value.reason, info.value.detail) == (
+        "invalid", "audio window of 10.0 s (at most 10 s)"
+    )  # fmt: skip
+    assert info.value.topic == b"audio/a"
+    with pytest.raises(DecodeError) as info:
+        m.decode(_window(1000, 12_500, fmt="s16le"))  # whatever the sample format
+    assert info.value.detail == "audio window of 12.5 s (at most 10 s)"
+
+
+def test_an_audio_window_ends_inside_the_time_range() -> None:
+    second = 1_000_000_000
+    m.decode(_window(1000, 1000, t=m.MAX_INT - second - 1))  # ends one ns inside
+    for t in (m.MAX_INT - second, m.MAX_INT - 1):
+        with pytest.raises(DecodeError) as info:
+            m.decode(_window(1000, 1000, t=t))
+        assert (info.value.reason, info.value.detail) == (
+            "invalid", "audio window ends past the time range"
+        )  # fmt: skip
+        assert info.value.topic == b"audio/a"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 7])
+def test_a_float_window_with_a_nan_or_inf_sample_is_invalid(bad: float, where: int) -> None:
+    frames = _window(8000, 4, ch=2)
+    pcm = np.zeros(8, dtype="<f4")
+    pcm[where] = bad
+    with pytest.raises(DecodeError) as info:
+        m.decode([*frames[:2], pcm.tobytes()])
+    assert (info.value.reason, info.value.detail) == (
+        "invalid", "audio window holds NaN or Inf samples"
+    )  # fmt: skip
+    assert info.value.topic == b"audio/a"
+    # the same bytes as 16-bit integers are samples like any other
+    m.decode([*_window(8000, 8, ch=2, fmt="s16le")[:2], pcm.tobytes()])
+
+
+def test_16_bit_windows_are_int16_arrays_and_float_windows_float32() -> None:
+    pcm = np.array([[1, -2], [3, -32768]], dtype="<i2")
+    x = m.audio_array(m.decode([*_window(8000, 2, ch=2, fmt="s16le")[:2], pcm.tobytes()]))
+    assert x.dtype == np.dtype("<i2") and x.shape == (2, 2) and x.tolist() == pcm.tolist()
+    f = np.array([[0.5], [-0.25], [1.0]], dtype="<f4")
+    y = m.audio_array(m.decode([*_window(8000, 3)[:2], f.tobytes()]))
+    assert y.dtype == np.dtype("<f4") and y.shape == (3, 1) and y.tolist() == f.tolist()
+
+
+def test_pixel_formats_give_their_channel_count() -> None:
+    for fmt, channels in (("gray8", 1), ("bgr8", 3), ("rgb8", 3), ("rgba8", 4)):
+        vf = m.VideoFrame(stream="f", t_capture=1, width=5, height=3, pixel_format=fmt)  # type: ignore[arg-type]
+        img = m.image_array(m.decode([b"video/f", m.encode(vf), bytes(range(15 * channels))]))
+        assert img.shape == (3, 5, channels) and img.dtype == np.uint8
+        assert img[2, 4, channels - 1] == 15 * channels - 1  # row-major, channels last
+
+
+def test_the_array_readers_refuse_what_they_cannot_read() -> None:
+    jpeg = m.VideoFrame(stream="f", t_capture=1, width=4, height=2, encoding="jpeg")
+    aw = m.AudioWindow(stream="a", t_capture=1, sample_rate=8000, channels=1, n_samples=1)
+    cases = [
+        (m.image_array, m.Envelope(b"video/f", jpeg, memoryview(b"\xff\xd8\xff\xd9"))),
+        (m.image_array, m.Envelope(b"video/f", VF, None)),
+        (m.image_array, m.Envelope(b"audio/a", aw, memoryview(bytes(4)))),
+        (m.audio_array, m.Envelope(b"audio/a", aw, None)),
+        (m.audio_array, m.Envelope(b"video/f", VF, memoryview(bytes(24)))),
+    ]
+    for reader, env in cases:
+        kind = "a raw VideoFrame" if reader is m.image_array else "an AudioWindow"
+        with pytest.raises(TypeError, match=f"^{reader.__name__}\\(\\) needs {kind} envelope$"):
+            reader(env)
+
+
+def _packed(**fields: object) -> bytes:
+    packed: bytes = msgpack.packb({**msgpack.unpackb(m.encode(VF)), **fields})
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("header", "reason", "detail"),
+    [
+        (msgpack.packb(7), "malformed", "header is not a MessagePack map: Expected `object`"),
+        (msgpack.packb([1, 2]), "malformed", "header is not a MessagePack map: Expected `object`"),
+        (_packed(v="1"), "unknown_version", "schema version '1', this build reads 1"),
+        (_packed(v=[1]), "invalid", "Expected `int | str | null`, got `array` - at `$.v`"),
+        (_packed(kind=5), "invalid", "Expected `str`, got `int` - at `$.kind`"),
+        (_packed(v=3, width="x"), "unknown_version", "schema version 3, this build reads 1"),
+        (msgpack.packb({"v": 1, "kind": "hologram"}), "unknown_kind",
+         "kind 'hologram', known: ['audio', 'classification', 'heartbeat', 'video']"),
+        (_packed(width="4"), "invalid", "Expected `int`, got `str` - at `$.width`"),
+        (msgpack.packb({"v": 1}), "invalid", "Object missing required field `kind`"),
+        # a map the full decoder refuses first, with bytes after it (only the peek reads on)
+        (_packed(width="4") + b"\x00", "malformed",
+         "header is not a MessagePack map: Expected `int`, got `str` - at `$.width`"),
+    ],
+)  # fmt: skip
+def test_a_header_that_does_not_fit_says_the_most_useful_reason(
+    header: bytes, reason: str, detail: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        m.decode([b"video/f", header, bytes(24)])
+    assert info.value.reason == reason and info.value.detail.startswith(detail)
+    assert info.value.topic == b"video/f"
+
+
+def test_a_classification_prints_the_heads_it_has() -> None:
+    c = m.Classification(stream="front", t_capture=1, label="7", score=0.9)
+    assert c.heads() == ""
+    c = m.Classification(
+        stream="front", t_capture=1, label="7", score=0.9,
+        image_label="7", image_score=0.984, audio_label="1", audio_score=0.5,
+    )  # fmt: skip
+    assert c.heads() == "image 7 0.98  audio 1 0.50"
+    c = m.Classification(
+        stream="front", t_capture=1, label="7", score=0.9,
+        audio_label="1", audio_score=0.5, image_label="7",
+    )  # fmt: skip
+    assert c.heads() == "audio 1 0.50"  # a head without its score is not printed

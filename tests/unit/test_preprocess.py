@@ -23,6 +23,8 @@ from streamfuse.contract import AudioSpec, ImageSpec
 from streamfuse.messages import PIXEL_FORMATS, AudioWindow, Envelope, VideoFrame
 from streamfuse.preprocess import AudioPrep, ImagePrep, Preprocessor
 
+from ..conftest import examples
+
 #: pixel format -> how to get R, G, B (None: gray) from its channels
 _RGB = {"rgb8": (0, 1, 2), "bgr8": (2, 1, 0), "rgba8": (0, 1, 2), "bgra8": (2, 1, 0), "gray8": None}
 
@@ -112,7 +114,7 @@ specs = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     spec=specs,
     width=st.integers(1, 160),
@@ -223,7 +225,7 @@ def _window(pcm: np.ndarray, rate: int, fmt: str) -> Envelope:
     return Envelope(b"audio/m", hdr, memoryview(pcm.tobytes()))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     seconds=st.integers(10, 75).map(lambda k: k / 50),  # whole samples at every rate
     rate=st.sampled_from([8000, 16000, 22050, 44100, 48000]),

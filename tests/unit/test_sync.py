@@ -14,6 +14,8 @@ from streamfuse.errors import ConfigError
 from streamfuse.messages import AudioWindow, Envelope, VideoFrame
 from streamfuse.sync import Bundle, SyncConfig, Synchronizer
 
+from ..conftest import examples
+
 MS = 1_000_000
 S = 1_000_000_000
 
@@ -136,7 +138,7 @@ def signature(bundles: list[Bundle]) -> list[tuple[object, ...]]:
     ]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(scenarios(policy="nearest-center") | scenarios(policy="k-frames"))
 def test_properties_under_jitter_loss_reordering_and_offsets(sc: Scenario) -> None:
     _, out = run(sc, check_bounds=True)
@@ -158,7 +160,7 @@ def test_properties_under_jitter_loss_reordering_and_offsets(sc: Scenario) -> No
     assert signature(run(sc)[1]) == signature(out)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(scenarios(lossless=True))
 def test_without_loss_every_window_comes_out_exactly_once(sc: Scenario) -> None:
     sync, out = run(sc)
@@ -166,7 +168,7 @@ def test_without_loss_every_window_comes_out_exactly_once(sc: Scenario) -> None:
     assert sync.drops["late"] == sync.drops["duplicate"] == sync.drops["overflow"] == 0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     scenarios(lossless=True, small_jitter=True)
     | scenarios(lossless=True, small_jitter=True, policy="k-frames")
@@ -254,7 +256,7 @@ def test_config_errors_name_the_field() -> None:
 # -- approximate time ------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     n=st.integers(2, 4),
     count=st.integers(5, 30),
@@ -326,7 +328,7 @@ def test_approximate_time_with_min_period_does_not_wait_a_period() -> None:
     assert (b2.t0, b2.t1) == (100 * MS, 102 * MS)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     policy=st.sampled_from(["nearest-center", "k-frames"]),
     cams=st.lists(
@@ -477,7 +479,7 @@ def drawn(draw: st.DrawFn) -> tuple[SyncConfig, list[tuple[int, Envelope | None]
     return cfg, events
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(drawn())
 def test_every_message_is_paired_dropped_by_reason_or_still_held(
     world: tuple[SyncConfig, list[tuple[int, Envelope | None]]],
