@@ -31,6 +31,7 @@ import psutil
 import yaml
 
 from streamfuse import Client
+from streamfuse.engine import STAGES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model import cpu_name
@@ -124,7 +125,7 @@ def run(hop_ms: int, seconds: float) -> dict[str, Any]:
     added = [(r.latency["total"] - r.latency["inference"]) / 1e6 for r in results]
     stages = {
         k: statistics.median(r.latency[k] / 1e6 for r in results)
-        for k in ("transport", "queue", "sync_wait", "preprocess", "inference", "publish", "total")
+        for k in (*STAGES, "total")
     }
     return {
         "hop_ms": hop_ms,
@@ -188,8 +189,8 @@ def main() -> None:
         f"(target p50 <= 2 ms, p99 <= 5 ms). Medians of {args.repeat} runs of {args.seconds:g} s per rate (p99 range in brackets); "
         "degraded, missed and drops are totals over the runs. No peer pipeline measured (none installable does this job).",
         "",
-        "| windows/s | classifications/s | added p50 ms | added p99 ms | transport | queue | sync wait | preprocess | inference | publish | total p50 ms | degraded | missed | drops while measured | drops at start-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| windows/s | classifications/s | added p50 ms | added p99 ms | transport | queue | sync wait | dispatch | preprocess | inference | publish | total p50 ms | degraded | missed | drops while measured | drops at start-up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in runs:
         s = r["stages"]
@@ -197,7 +198,7 @@ def main() -> None:
         early = ", ".join(f"{k} {v:.0f}" for k, v in r["startup_drops"].items()) or "none"
         lines.append(
             f"| {1000 / r['hop_ms']:.0f} | {r['rate']:.1f} | {r['added_p50']:.2f} | {r['added_p99']:.2f} ({r['p99_range'][0]:.2f}-{r['p99_range'][1]:.2f}) | "
-            f"{s['transport']:.2f} | {s['queue']:.2f} | {s['sync_wait']:.2f} | {s['preprocess']:.2f} | "
+            f"{s['transport']:.2f} | {s['queue']:.2f} | {s['sync_wait']:.2f} | {s.get('dispatch', 0):.2f} | {s['preprocess']:.2f} | "
             f"{s['inference']:.2f} | {s['publish']:.2f} | {s['total']:.2f} | {r['degraded']} | {r['missed']} | {drops} | {early} |"
         )
     lines += [

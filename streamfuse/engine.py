@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 
 import msgspec
@@ -549,7 +550,6 @@ class Engine:
         for s in job.samples:
             s.reasons["inference"] = "inference_unavailable"
         if self._fallback is not None and job.feeds is not None:
-            t1 = time.monotonic_ns()
             try:
                 out = self._fallback.infer(job.feeds)
             except Exception as exc:
@@ -557,7 +557,9 @@ class Engine:
             else:
                 self.stats.errors["inference_fallback"] += 1
                 served = _Served(job.served.model, _tag(self._fallback))
-                return self._results(job.samples, out, job.t0, t1, time.monotonic_ns(), served)
+                # inference: from the request sent, through its timeout, to the fallback's
+                now = time.monotonic_ns()
+                return self._results(job.samples, out, job.t0, job.t1, now, served)
         # no answer: each window still gets its result, with no label, saying why
         for s in job.samples:
             s.missing.append("inference")
@@ -607,16 +609,7 @@ class Engine:
                 order = np.argsort(-probs[i], kind="stable")[:3]
                 msg.label, msg.score = labels[order[0]], float(probs[i, order[0]])
                 msg.topk = [(labels[j], float(probs[i, j])) for j in order]
-            t_pub = clock() if not self.virtual else s.decided
-            msg.latency = {
-                "transport": max(0, s.arrived - s.t_latest),
-                "queue": s.pushed - s.arrived,
-                "sync_wait": max(0, s.decided - s.pushed),
-                "preprocess": (t1 - t0) // len(samples),
-                "inference": t2 - t1,
-                "publish": 0 if self.virtual else t_pub - t2,
-                "total": t_pub - s.t_latest,
-            }
+            msg.latency = _ledger(s, (t0, t1, t2, clock()), self.virtual)
             self._seq[s.stream] += 1
             self.stats.published += 1
             results.append(msg)
@@ -710,6 +703,23 @@ def _ref(env: Envelope) -> InputRef:
         media_t0=m0,
         media_t1=None if m0 is None else m0 + (t1 - h.t_capture),
     )
+
+
+#: The latency ledger's stages, in order: each runs from the end of the one before it.
+STAGES = ("transport", "queue", "sync_wait", "dispatch", "preprocess", "inference", "publish")
+
+
+def _ledger(s: _Sample, batch: tuple[int, int, int, int], virtual: bool) -> dict[str, int]:
+    """ns per stage of one result, from the latest input's capture to its publication;
+    ``batch``: (preprocessing began, inference began, inference done, published). The stages
+    sum to ``total`` exactly; a stage that would be negative (another box's capture time
+    mapped onto this clock a little late) counts as 0 and ``total`` as their sum. On the
+    recorded clock (lockstep replay) the engine's own stages take no time."""
+    t0, t1, t2, t_pub = (s.decided,) * 4 if virtual else batch
+    ends = (s.t_latest, s.arrived, s.pushed, s.decided, t0, t1, t2, t_pub)
+    ledger = {k: max(0, b - a) for k, (a, b) in zip(STAGES, pairwise(ends), strict=True)}
+    ledger["total"] = sum(ledger.values())
+    return ledger
 
 
 def _probs(x: np.ndarray, kind: str) -> np.ndarray:

@@ -158,10 +158,11 @@ class Classification(_Header, kw_only=True, tag="classification"):
     latency: Annotated[dict[Label, int], msgspec.Meta(max_length=64)] = msgspec.field(
         default_factory=dict
     )
-    """Nanoseconds per stage: ``transport`` (latest input's capture to its arrival),
-    ``queue`` (arrival to the synchronizer), ``sync_wait`` (until its bundle was decided),
-    ``preprocess``, ``inference``, ``publish`` (building the message), and ``total``
-    (latest input's capture to publication)."""
+    """Nanoseconds per stage, each from the end of the one before: ``transport`` (latest
+    input's capture to its arrival), ``queue`` (arrival to the synchronizer), ``sync_wait``
+    (until its bundle was decided), ``dispatch`` (until its batch's preprocessing began),
+    ``preprocess`` (the batch's), ``inference``, ``publish`` (until it was built); ``total``,
+    their sum: latest input's capture to the result ready to send (docs/protocol.md)."""
     model: Label = ""
     """First 12 hex digits of the model file's sha256."""
     backend: Label = ""

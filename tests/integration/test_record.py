@@ -512,8 +512,7 @@ def test_reader_processes_survive_hostile_messages(
     with Publisher(endpoint, lossless=True) as pub:
         argv = {"record": ["record", "--out", str(out)], "subscribe": ["subscribe"]}[reader]
         proc = children.streamfuse(*argv, "--endpoint", endpoint, "--json")
-        assert pub.wait_for_subscriber(20)
-        time.sleep(0.2)  # (a reader of every topic: no data topic to wait on)
+        assert pub.wait_for_subscriber(20, prefix=b"")  # a reader of every topic
         frame = {"kind": "video", "v": 1, "stream": "x", "t_capture": 1, "width": 1, "height": 1}
         raw = pub._sock
         raw.send_multipart([b"video/x", msgpack.packb({**frame, "seq": 2**64 - 1}), bytes(3)])
@@ -522,8 +521,17 @@ def test_reader_processes_survive_hostile_messages(
         for seq in (0, 2**32, 2**32 + 1):  # valid, past MCAP's uint32 sequence
             hdr = messages.VideoFrame(stream="x", seq=seq, t_capture=seq + 1, width=1, height=1)
             pub.send("video/x", hdr, bytes(3))
-        time.sleep(1.0)
+        seen = ""
+        if reader == "subscribe":  # it prints each message: until the last one
+            assert proc.stdout is not None
+            while f'"seq": {2**32 + 1}' not in seen and '"seq":' + str(2**32 + 1) not in seen:
+                line = proc.stdout.readline()
+                assert line, "subscribe ended before the last message"
+                seen += line
+        else:  # the recorder says nothing until it stops: a grace for the socket to drain
+            time.sleep(1.0)
         status, stdout, stderr = children.stop(proc)
+        stdout = seen + stdout
     assert status == 0, stderr[-2000:]
     if reader == "record":
         summary = json.loads(stdout.strip().splitlines()[-1])

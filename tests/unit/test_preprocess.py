@@ -10,10 +10,12 @@ random pixels, so a swapped channel, a shifted crop or a wrong mean cannot pass.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("cv2", reason="opencv-python-headless is a core dependency")
@@ -114,7 +116,32 @@ specs = st.builds(
 )
 
 
+def _edge(resize: str, size: tuple[int, int], w: int, h: int) -> Any:
+    spec = ImageSpec(
+        input="image", color="rgb", layout="NHWC", dtype="float32", size=size,
+        resize=resize, pad=17.0, interpolation="nearest",  # type: ignore[arg-type]
+    )  # fmt: skip
+    return example(spec=spec, width=w, height=h, fmt="rgb8", seed=7)
+
+
+# The geometries every run reaches, whatever Hypothesis draws (mutation runs draw few):
+# taller and wider than the model, exactly its aspect, a side of one pixel.
+EDGES = [
+    _edge(r, sz, w, h)
+    for r in ("center-crop", "letterbox")
+    for sz, w, h in (((16, 12), 30, 100), ((16, 12), 100, 30), ((12, 16), 64, 48),
+                     ((12, 16), 64, 47), ((9, 7), 1, 120), ((9, 7), 160, 1))
+]  # fmt: skip
+
+
+def _with_edges(test: Any) -> Any:
+    for e in EDGES:
+        test = e(test)
+    return test
+
+
 @settings(max_examples=examples(150), deadline=None)
+@_with_edges
 @given(
     spec=specs,
     width=st.integers(1, 160),
@@ -289,3 +316,59 @@ def test_log_mel_features_are_fed_in_the_graphs_shape() -> None:
         prep = AudioPrep(spec, audio_shape(spec, rank))
         x = prep.batch(np.zeros((2, 1, 4000), np.float32))
         assert x.shape == (2, *shape) and np.allclose(x, math.log(1e-6))  # silence: log(offset)
+
+
+@pytest.mark.parametrize(
+    ("parts", "keys", "frames"),
+    [({"audio": False}, ["pixels"], 1), ({"image": False}, ["mel"], 1),
+     ({"frames": 3}, ["pixels", "mel"], 3)],
+)  # fmt: skip
+def test_a_model_gets_only_the_inputs_it_has(
+    parts: dict[str, Any], keys: list[str], frames: int, tmp_path: Path
+) -> None:
+    """An image-only, an audio-only and a 3-frame model (tests/colour_model.py): the
+    preprocessor builds what each takes, and a missing frame or window is fed blank."""
+    import yaml
+    from click.testing import CliRunner
+
+    from streamfuse.cli import main
+
+    from .. import colour_model as C
+
+    bare, out, contract = tmp_path / "bare.onnx", tmp_path / "m.onnx", tmp_path / "c.yaml"
+    contract.write_text(yaml.safe_dump(C.build(bare, **parts)))
+    res = CliRunner().invoke(
+        main, ["model", "annotate", str(bare), "--contract", str(contract), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    pre = Preprocessor(ModelInfo.load(out))
+    assert (pre.image is None, pre.audio is None) == ("pixels" not in keys, "mel" not in keys)
+    assert pre.frames == frames and pre.model.path == out
+    feeds = pre.inputs(
+        [None, None] if pre.image is not None else [],
+        [pre.blank_pcm()] * 2 if pre.audio is not None else [],
+    )
+    assert sorted(feeds) == sorted(keys)
+    if pre.audio is not None:
+        blank = pre.blank_pcm()
+        assert blank.dtype == np.float32 and blank.shape == (1, pre.audio.samples)
+        assert feeds["mel"].shape[0] == 2
+    if pre.image is not None:
+        assert feeds["pixels"].shape[0] == 2 and not feeds["pixels"].any()  # blank frames
+
+
+def test_16_bit_samples_scale_to_exactly_minus_one_to_one() -> None:
+    pcm = np.array([[-32768], [-16384], [0], [16384], [32767]], dtype="<i2")
+    spec = AudioSpec(input="a", sample_rate=8000, samples=5)
+    prep = AudioPrep(spec, (5,))
+    x = prep.pcm(_window(pcm, 8000, "s16le"))
+    assert x.dtype == np.float32 and x[0].tolist() == [-1.0, -0.5, 0.0, 0.5, 32767 / 32768]
+    f = prep.pcm(_window(pcm.astype("<f4") / 32768, 8000, "f32le"))
+    assert f.dtype == np.float32  # a float window stays float32 ([-1, 1) already)
+
+
+def test_a_window_with_as_many_channels_as_the_model_is_taken_whole() -> None:
+    pcm = np.stack([np.full(400, v, np.float32) for v in (0.1, 0.2)], axis=1)
+    spec = AudioSpec(input="a", sample_rate=8000, samples=400, channels=2)
+    prep = AudioPrep(spec, audio_shape(spec, 3))
+    assert np.allclose(prep.pcm(_window(pcm, 8000, "f32le"))[:, 0], [0.1, 0.2])
