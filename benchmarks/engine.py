@@ -79,13 +79,14 @@ def parse_drops(text: str) -> dict[str, float]:
     return drops
 
 
-def run(hop_ms: int, seconds: float) -> dict[str, Any]:
+def run(hop_ms: int, seconds: float, cameras: int = 2) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))
     port = free_port()
+    names = ["left", "right"] if cameras == 2 else [f"cam{i}" for i in range(cameras)]
     cfg = {
         "cameras": [
-            {"name": "left", "source": "synthetic", "fps": 30, "width": 640, "height": 480},
-            {"name": "right", "source": "synthetic", "fps": 30, "width": 640, "height": 480},
+            {"name": n, "source": "synthetic", "fps": 30, "width": 640, "height": 480}
+            for n in names
         ],
         "mic": {"source": "synthetic", "rate": 16000, "window_ms": 1000, "hop_ms": hop_ms},
         "engine": {"output": f"ipc://{tmp}/result", "backend": "auto"},
@@ -123,12 +124,10 @@ def run(hop_ms: int, seconds: float) -> dict[str, Any]:
     drops = {k: v - before.get(k, 0) for k, v in after.items()}
     startup = {k: v for k, v in before.items() if v}
     added = [(r.latency["total"] - r.latency["inference"]) / 1e6 for r in results]
-    stages = {
-        k: statistics.median(r.latency[k] / 1e6 for r in results)
-        for k in (*STAGES, "total")
-    }
+    stages = {k: statistics.median(r.latency[k] / 1e6 for r in results) for k in (*STAGES, "total")}
     return {
         "hop_ms": hop_ms,
+        "cameras": cameras,
         "results": len(results),
         "rate": len(results) / seconds,
         "added_p50": float(np.percentile(added, 50)),
@@ -175,7 +174,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--repeat", type=int, default=3, help="Runs per rate; the table shows medians.")
     ap.add_argument("--write", type=Path, default=None)
+    ap.add_argument(
+        "--scaling",
+        default=None,
+        help="Camera counts, e.g. 1,2,4,8: the scaling table instead (section engine-scaling).",
+    )
     args = ap.parse_args()
+    if args.scaling:
+        scaling([int(n) for n in args.scaling.split(",")], args)
+        return
     runs = [combine([run(hop, args.seconds) for _ in range(args.repeat)]) for hop in (500, 100)]
     for r in runs:
         print(json.dumps(r, indent=1), flush=True)
@@ -224,6 +231,41 @@ def main() -> None:
     print(table)
     if args.write:
         write_section(args.write, "engine", table)
+
+
+def scaling(counts: list[int], args: argparse.Namespace) -> None:
+    """Engine CPU and added latency by camera count (640x480@30 each) at 2 and 10 windows/s."""
+    runs = []
+    for n in counts:
+        for hop in (500, 100):
+            r = combine([run(hop, args.seconds, cameras=n) for _ in range(args.repeat)])
+            print(json.dumps(r), flush=True)
+            runs.append(r)
+    cores = psutil.cpu_count() or 1
+    lines = [
+        "## Engine scaling: 1 to 8 cameras 640x480@30 + microphone",
+        "",
+        f"Command: `python benchmarks/engine.py --scaling {args.scaling} --seconds {args.seconds:g} --repeat {args.repeat} --write docs/benchmarks.md`  ",
+        f"Machine: {platform.machine()}, {cpu_name()}, {cores} cores, Python {platform.python_version()}; backend {runs[0]['backend']}  ",
+        f"As above (synthetic cameras, one engine), N cameras; medians of {args.repeat} run(s) of {args.seconds:g} s. "
+        "CPU in % of one core; `all` is every process of the daemon together "
+        f"({100 * cores} % is this machine's whole).",
+        "",
+        "| cameras | windows/s | classifications/s | added p50 ms | added p99 ms | engine CPU | cameras CPU | all CPU | degraded | missed | drops while measured |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        cams = sum(v for k, v in r["cpu"].items() if k.startswith("camera"))
+        drops = ", ".join(f"{k} {v:.0f}" for k, v in r["drops"].items() if v) or "none"
+        lines.append(
+            f"| {r['cameras']} | {1000 / r['hop_ms']:.0f} | {r['rate']:.1f} | {r['added_p50']:.2f} | "
+            f"{r['added_p99']:.2f} | {r['cpu']['engine']:.1f} | {cams:.1f} | {sum(r['cpu'].values()):.1f} | "
+            f"{r['degraded']} | {r['missed']} | {drops} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.write:
+        write_section(args.write, "engine-scaling", table)
 
 
 if __name__ == "__main__":

@@ -351,7 +351,7 @@ class Synchronizer:
             return  # bounded by ROS's own queue accounting
         cfg = self.config
         horizon = now - cfg.retain
-        if not self._approx and self._floor is not None:
+        if self._floor is not None:
             first_target = self._windows[0].targets[0] if self._windows else self._floor
             horizon = max(horizon, min(self._floor, first_target) - cfg.tolerance)
         for q in self._queues.values():

@@ -47,6 +47,11 @@ def test_a_live_camera_stopped_by_sigterm_is_restarted(tmp_path: Path, children:
     )
     assert again["restarts"] == 1 and again["exit_codes"] == [0]
     wait_healthy(port)
+    # the engine held views on the old camera's ring while the new camera brought a new
+    # one: it goes on classifying, neither it nor its standby restarted
+    wait_results(port, wait_results(port, 0) + 8)
+    engines = [_child(port, n) for n in ("engine", "standby")]
+    assert [(e["restarts"], e["exit_codes"]) for e in engines] == [(0, []), (0, [])], engines
     status, _, err = children.stop(sup)
     assert status == 0 and "ended (end of its source)" not in err
 

@@ -372,3 +372,12 @@ def test_a_window_with_as_many_channels_as_the_model_is_taken_whole() -> None:
     spec = AudioSpec(input="a", sample_rate=8000, samples=400, channels=2)
     prep = AudioPrep(spec, audio_shape(spec, 3))
     assert np.allclose(prep.pcm(_window(pcm, 8000, "f32le"))[:, 0], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_audio_is_fed_in_the_dtype_the_contract_names(dtype: str) -> None:
+    spec = AudioSpec(input="a", sample_rate=8000, samples=400, dtype=dtype)  # type: ignore[arg-type]
+    prep = AudioPrep(spec, (400,))
+    x = prep.batch(np.full((2, 1, 400), 0.25, np.float32))
+    assert x.dtype == np.dtype(dtype) and x.shape == (2, 400) and x.flags.c_contiguous
+    assert np.all(x == 0.25)

@@ -594,3 +594,144 @@ def test_approximate_time_sets_are_complete_and_max_interval_binds() -> None:
     narrow = Synchronizer(SyncConfig(**{**cfg.__dict__, "max_interval": 4 * MS}))
     narrow.push(frame("s/a", 100 * MS), 101 * MS)
     assert narrow.push(frame("s/b", 105 * MS), 106 * MS) == []  # 5 ms apart: too wide
+
+
+# -- the synchronizer around ROS's algorithm, and a few exact counts --------------------------
+
+
+def _approx(**kw: object) -> Synchronizer:
+    cfg = {"cameras": ("s/a", "s/b"), "policy": "approximate-time", "max_wait": 50 * MS, **kw}
+    return Synchronizer(SyncConfig(**cfg))  # type: ignore[arg-type]
+
+
+def test_approximate_time_lets_an_incomplete_set_out_at_its_deadline_exactly() -> None:
+    sync = _approx()
+    a = frame("s/a", 100 * MS)
+    assert sync.push(a, 101 * MS) == [] and sync.depths() == {"s/a": 1, "s/b": 0}
+    assert sync.poll(150 * MS - 1) == []
+    (b,) = sync.poll(150 * MS)  # oldest + max_wait: due now, not a nanosecond later
+    assert b == Bundle(100 * MS, 100 * MS, None, {"s/a": (a,), "s/b": ()}, ("s/b",),
+                       "deadline", 150 * MS)  # fmt: skip
+    assert b.partial and sync.depths() == {"s/a": 0, "s/b": 0}
+
+
+def test_approximate_time_checks_deadlines_on_every_push_unless_it_waits_for_ever() -> None:
+    sync = _approx()
+    a = frame("s/a", 100 * MS)
+    sync.push(a, 101 * MS)
+    out = sync.push(frame("s/a", 500 * MS, seq=1), 501 * MS)  # a's deadline has passed
+    assert [(b.decided_by, b.missing, b.emitted_at) for b in out] == [
+        ("deadline", ("s/b",), 501 * MS)
+    ]
+    forever = _approx(max_wait=None)
+    forever.push(a, 101 * MS)
+    assert forever.push(frame("s/a", 500 * MS, seq=1), 10 * S) == []
+    assert forever.poll(100 * S) == []
+
+
+def test_a_complete_approximate_set_says_so_with_its_span_and_time() -> None:
+    sync = _approx(min_period={"s/a": 30 * MS, "s/b": 30 * MS})
+    a, b = frame("s/a", 100 * MS), frame("s/b", 104 * MS)
+    sync.push(a, 101 * MS)
+    (got,) = sync.push(b, 105 * MS)
+    assert got == Bundle(100 * MS, 104 * MS, None, {"s/a": (a,), "s/b": (b,)}, (),
+                         "complete", 105 * MS)  # fmt: skip
+
+
+def test_approximate_time_corrects_each_streams_offset_and_times_windows_by_centre() -> None:
+    """s/b's clock runs 10 ms late (offset +10 ms: subtracted); an audio window counts at
+    its centre (t_capture + half its length)."""
+    sync = _approx(cameras=("s/a", "s/b", "audio/m"), offsets={"s/b": 10 * MS},
+                   min_period={"s/a": 30 * MS, "s/b": 30 * MS, "audio/m": 30 * MS})  # fmt: skip
+    sync.push(frame("s/a", 600 * MS), 601 * MS)
+    sync.push(frame("s/b", 610 * MS), 611 * MS)
+    (got,) = sync.push(window("audio/m", 100 * MS, ms=1000), 1101 * MS)
+    assert (got.t0, got.t1) == (600 * MS, 600 * MS)
+
+
+def test_every_stream_the_synchronizer_does_not_know_is_counted_once() -> None:
+    for sync in (_approx(), Synchronizer(SyncConfig(cameras=("video/a",)))):
+        for t in (1, 2):
+            assert sync.push(frame("video/stranger", t * MS), t * MS) == []
+        assert sync.drops == {"unknown_stream": 2}
+
+
+def test_approximate_time_counts_each_message_it_lets_go_by_reason() -> None:
+    sync = _approx(max_frames=2, max_wait=None)
+    for i in range(5):  # s/b never sends: s/a's queue of 2 overflows three times
+        sync.push(frame("s/a", (100 + 33 * i) * MS, seq=i), (101 + 33 * i) * MS)
+    assert sync.drops == {"overflow": 3} and sync.depths() == {"s/a": 2, "s/b": 0}
+
+
+def test_a_full_queue_loses_its_oldest_unpaired_frame_only() -> None:
+    cfg = SyncConfig(cameras=("video/a",), max_frames=2, max_wait=10 * S, tolerance=5 * MS)
+    sync = Synchronizer(cfg)
+    for i in range(3):  # no window wants them
+        sync.push(frame("video/a", (10 + i) * S, seq=i), (10 + i) * S)
+    assert sync.drops["overflow"] == 1 and sync.depths()["video/a"] == 2
+
+
+def test_the_age_penalty_setting_reaches_the_algorithm() -> None:
+    assert _approx(age_penalty=0.0)._ros.age_penalty == 0.0
+    assert _approx(age_penalty=0.5)._ros.age_penalty == 0.5
+
+
+def test_a_message_of_no_stream_kind_is_counted_and_deadlines_still_pass() -> None:
+    from streamfuse.messages import Heartbeat
+
+    sync = Synchronizer(SyncConfig(cameras=("video/a",)))
+    beat = Envelope(b"heartbeat/x", Heartbeat(stream="x", t_capture=1), None)
+    assert sync.push(beat, MS) == [] and sync.push(beat, 2 * MS) == []
+    assert sync.drops == {"unknown_stream": 2}
+    for n in range(3):  # the same frame three times: two duplicates
+        sync.push(frame("video/a", 10 * MS), (11 + n) * MS)
+    assert sync.drops == {"unknown_stream": 2, "duplicate": 2}
+    approx = _approx()
+    approx.push(frame("s/a", 100 * MS), 101 * MS)
+    (due,) = approx.push(frame("s/stranger", 1), 200 * MS)  # s/a's deadline was 150 ms
+    assert (due.decided_by, due.emitted_at) == ("deadline", 200 * MS)
+
+
+def test_a_window_with_no_wait_goes_out_at_its_end_exactly() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_wait=0))
+    assert sync.push(window("audio/m", 0), 500 * MS) == []
+    assert sync.poll(1000 * MS - 1) == []
+    (b,) = sync.poll(1000 * MS)
+    assert (b.t0, b.t1, b.decided_by, b.missing) == (0, 1000 * MS, "deadline", ("video/a",))
+
+
+def test_a_paired_frame_leaving_a_full_queue_is_not_counted_lost() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_frames=2))
+    sync.push(frame("video/a", 500 * MS), 501 * MS)
+    (b,) = sync.push(window("audio/m", 0), 1001 * MS)  # pairs the 500 ms frame
+    assert b.frames["video/a"][0].header.t_capture == 500 * MS
+    for i, t in enumerate((1100, 1200)):  # the paired one leaves: not lost
+        sync.push(frame("video/a", t * MS, seq=i + 1), (t + 1) * MS)
+    assert sync.drops["overflow"] == 0
+    sync.push(frame("video/a", 1300 * MS, seq=3), 1301 * MS)  # 1100, never paired, leaves
+    assert sync.drops == {"overflow": 1}
+
+
+def test_too_many_waiting_windows_lose_the_oldest() -> None:
+    sync = Synchronizer(SyncConfig(cameras=("video/a",), max_windows=2, max_wait=10 * S))
+    for t in (0, 1000, 2000):
+        sync.push(window("audio/m", t * MS), (t + 1001) * MS)
+    assert sync.drops == {"overflow": 1} and sync.depths()["windows"] == 2
+    assert [b.t0 for b in sync.poll(20 * S)] == [1000 * MS, 2000 * MS]
+
+
+def test_frames_behind_the_last_window_are_let_go_at_once_counted_unpaired() -> None:
+    """Not after `retain` (3 s): once a window has gone out, no later one can want a frame
+    older than its start minus the tolerance."""
+    sync = Synchronizer(SyncConfig(cameras=("video/a",)))
+    for t in range(100, 1000, 100):
+        sync.push(frame("video/a", t * MS, seq=t), (t + 1) * MS)
+    sync.push(window("audio/m", 0), 1001 * MS)  # pairs 500 ms
+    for t in range(1000, 2000, 100):
+        sync.push(frame("video/a", t * MS, seq=t), (t + 1) * MS)
+    assert "unpaired" not in sync.drops
+    sync.push(window("audio/m", 1000 * MS), 2001 * MS)  # floor 1 s: 100..900 go, 500 paired
+    assert sync.drops == {"unpaired": 8}
+    for t in (100, 200):  # windows that start before the last one out: each counted
+        assert sync.push(window("audio/m", t * MS), 2100 * MS) == []
+    assert sync.drops == {"unpaired": 8, "out_of_order": 2}
