@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
@@ -304,6 +304,8 @@ def record(
     split_size: int | None = None,
     split_duration: float | None = None,
     min_free: int = DEFAULT_MIN_FREE,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_s: float = 1.0,
 ) -> RecordSummary:
     """Record everything on ``topics`` from ``endpoints`` until ``stop`` or ``duration``
     (``curve``: the CurveClient for each endpoint that needs one).
@@ -321,7 +323,10 @@ def record(
     a complete MCAP; a cut falls between two messages, so none is lost or doubled.
     ``min_free``: once the disk has less than this many bytes free (or is full), the
     recording stops, its file complete, and ``stopped`` says why (a disk that is already
-    too full at the start raises :class:`RecordingStopped`)."""
+    too full at the start raises :class:`RecordingStopped`).
+
+    ``progress``: called with ``{"written", "rejected", "bytes", "seconds"}`` about every
+    ``progress_s`` seconds while something changed (messages written, or rejected)."""
     start = time.monotonic()
     sub: Subscriber | Sources
     if curve:  # one CURVE server key per socket: a subscriber per endpoint
@@ -361,8 +366,28 @@ def record(
     stopped: str | None = None
     receiver = threading.Thread(target=receive, name="record-receive", daemon=True)
     receiver.start()
+    said: tuple[int, int] = (0, 0)
+    next_progress = time.monotonic() + progress_s
+
+    def report() -> None:
+        nonlocal said, next_progress
+        next_progress = time.monotonic() + progress_s
+        now = (sum(rec.written.values()), sum(sub.rejected.values()))
+        if progress is not None and now != said:
+            said = now
+            progress({"written": now[0], "rejected": now[1], "bytes": rec.size,
+                      "seconds": round(time.monotonic() - start, 3)})  # fmt: skip
+
     try:
-        while stopped is None and (item := received.get()) is not None:
+        while stopped is None:
+            if progress is not None and time.monotonic() >= next_progress:
+                report()
+            try:
+                item = received.get(timeout=progress_s if progress is not None else None)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
             env, parts, log_time, size = item
             try:
                 guard.check(rec.path)

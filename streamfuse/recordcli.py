@@ -58,6 +58,15 @@ def disk_options(f: Any) -> Any:
     help="Hold at most this much for a disk that is behind; past it, drop (counted).",
 )
 @disk_options
+@click.option(
+    "--progress",
+    "progress_s",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Every S seconds while it changes: messages written and rejected so far, on stderr "
+    "(a JSON line with --json).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def record(
     endpoints: tuple[str, ...],
@@ -71,6 +80,7 @@ def record(
     split_size: float | None,
     split_duration: float | None,
     min_free: float,
+    progress_s: float | None,
     as_json: bool,
 ) -> None:
     """Record every message on the endpoints into MCAP; Ctrl-C to stop. Nothing is dropped
@@ -84,6 +94,14 @@ def record(
 
         curve = load_config(config_path).curve_clients()
     stop = install_stop_handlers()
+
+    def progress(p: dict[str, Any]) -> None:
+        line = json.dumps({"progress": p}) if as_json else (
+            f"recording {out}: {p['written']} messages, {p['bytes'] / 1e6:.1f} MB in "
+            f"{p['seconds']:.1f} s; {p['rejected']} rejected"
+        )  # fmt: skip
+        click.echo(line, err=True)
+
     try:
         summary = do_record(
             list(endpoints),
@@ -98,6 +116,8 @@ def record(
             split_size=None if split_size is None else int(split_size * 1e6),
             split_duration=split_duration,
             min_free=int(min_free * 1e6),
+            progress=progress if progress_s else None,
+            progress_s=progress_s or 1.0,
         )
     except RecordingStopped as exc:  # the disk was too full before the first byte
         click.echo(f"error: {exc}", err=True)

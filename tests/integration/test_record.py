@@ -510,7 +510,8 @@ def test_reader_processes_survive_hostile_messages(
     endpoint = f"ipc://{tmp_path}/cam"
     out = tmp_path / "r.mcap"
     with Publisher(endpoint, lossless=True) as pub:
-        argv = {"record": ["record", "--out", str(out)], "subscribe": ["subscribe"]}[reader]
+        argv = {"record": ["record", "--out", str(out), "--progress", "0.1"],
+                "subscribe": ["subscribe"]}[reader]  # fmt: skip
         proc = children.streamfuse(*argv, "--endpoint", endpoint, "--json")
         assert pub.wait_for_subscriber(20, prefix=b"")  # a reader of every topic
         frame = {"kind": "video", "v": 1, "stream": "x", "t_capture": 1, "width": 1, "height": 1}
@@ -528,8 +529,14 @@ def test_reader_processes_survive_hostile_messages(
                 line = proc.stdout.readline()
                 assert line, "subscribe ended before the last message"
                 seen += line
-        else:  # the recorder says nothing until it stops: a grace for the socket to drain
-            time.sleep(1.0)
+        else:  # its progress lines (JSON): until the 3 valid written and the 3 rejected
+            assert proc.stderr is not None
+            got: dict[str, int] = {}
+            while got.get("written", 0) < 3 or got.get("rejected", 0) < 3:
+                said = proc.stderr.readline()
+                assert said, "record ended before it had them all"
+                if said.startswith('{"progress"'):  # (warnings about the hostile ones too)
+                    got = json.loads(said)["progress"]
         status, stdout, stderr = children.stop(proc)
         stdout = seen + stdout
     assert status == 0, stderr[-2000:]
@@ -621,3 +628,18 @@ def test_bad_replay_flags_are_one_line(flags: list[str], needle: str, endpoint: 
     res = run_cli("replay", str(SESSION), *args)
     assert res.returncode == 2 and res.stderr.startswith(needle), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "option"),
+    [(["--progress", "0"], "--progress"), (["--progress", "soon"], "--progress"),
+     (["--max-backlog-mib", "0"], "--max-backlog-mib"),
+     (["--compression", "gzip"], "--compression"), (["--min-free", "-1"], "--min-free")],
+)  # fmt: skip
+def test_bad_record_flags_are_one_line_naming_the_flag(
+    flags: list[str], option: str, tmp_path: Path
+) -> None:
+    res = run_cli("record", "--endpoint", "ipc:///tmp/none", "--out", str(tmp_path / "r.mcap"),
+                  *flags)  # fmt: skip
+    assert res.returncode == 2 and f"'{option}'" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "r.mcap").exists()
