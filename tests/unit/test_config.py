@@ -32,6 +32,15 @@ from ..conftest import examples
 SECTIONS = ["mic", "sync", "engine", "http"]
 
 
+def _refusal(raw: object, tmp_path: Path) -> ConfigError:
+    """The error loading ``raw`` (written as ``c.yaml`` in ``tmp_path``) is refused with."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value
+
+
 def test_defaults_run_the_demo_pipeline() -> None:
     cfg = load_config(None)
     assert [c.source for c in cfg.cameras] == ["synthetic"] and cfg.mic.source == "synthetic"
@@ -109,11 +118,8 @@ def test_any_unknown_key_is_named_with_its_file(
     ],
 )
 def test_bad_values_are_named(raw: dict[str, object], field: str, tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.field == field and info.value.file == str(path)
+    err = _refusal(raw, tmp_path)
+    assert err.field == field and err.file == str(tmp_path / "c.yaml")
 
 
 @pytest.mark.parametrize(
@@ -267,12 +273,9 @@ def test_each_refusal_names_its_field_and_says_why(
 ) -> None:
     """The whole message a user reads, not only the field (mutmut's survivors: a refusal
     with the wrong field, no message, or another message)."""
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert (info.value.field, info.value.problem) == (field, problem)
-    assert str(info.value) == f"{field} in {path}: {problem}"
+    err = _refusal(raw, tmp_path)
+    assert (err.field, err.problem) == (field, problem)
+    assert str(err) == f"{field} in {tmp_path / 'c.yaml'}: {problem}"
 
 
 @pytest.mark.parametrize(
@@ -379,12 +382,9 @@ def test_topics_endpoints_and_clocks_follow_each_sensor(tmp_path: Path) -> None:
 def test_a_sensor_is_started_or_subscribed_to_not_both(
     sensor: dict[str, object], field: str, tmp_path: Path
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(sensor))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.field == field
-    assert info.value.problem == ("give a source to start or an endpoint to subscribe to, not both")
+    err = _refusal(sensor, tmp_path)
+    assert err.field == field
+    assert err.problem == ("give a source to start or an endpoint to subscribe to, not both")
 
 
 def test_a_sensor_with_neither_is_synthetic_and_an_endpoint_alone_starts_nothing(
@@ -474,11 +474,8 @@ def test_an_empty_file_is_the_defaults(tmp_path: Path) -> None:
 def test_an_unknown_key_is_named_by_its_whole_path(
     raw: dict[str, object], field: str, tmp_path: Path
 ) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert (info.value.field, info.value.problem) == (
+    err = _refusal(raw, tmp_path)
+    assert (err.field, err.problem) == (
         field, "unknown setting (`streamfuse config defaults` lists every setting)"
     )  # fmt: skip
 
