@@ -157,6 +157,32 @@ def test_healthz_is_503_while_the_engine_is_silent_and_200_when_it_is_back(
     assert status == 0, err
 
 
+def test_the_samples_of_a_window_are_one_batch_split_at_max_batch(
+    tmp_path: Path, children: Children
+) -> None:
+    """docs/architecture.md: the samples that become ready together (one per camera per
+    audio window) form the batch, and `max_batch` bounds it. Three cameras, max_batch 2:
+    of each window's three results two share one batch's preprocess and inference times,
+    the third has its own (unbatched: three apart; unbounded: all three alike)."""
+    path, cfg = write_config(
+        tmp_path, cameras=[{"name": n} for n in ("a", "b", "c")],
+        engine={"max_batch": 2, "standby": False},
+    )  # fmt: skip
+    sup = children.streamfuse("run", "--config", str(path))
+    windows: dict[int, list[tuple[int, int]]] = {}
+    with Client(cfg["engine"]["output"]) as client:
+        while sum(len(v) == 3 for v in windows.values()) < 4:
+            r = client.recv(timeout=60)
+            assert r is not None, windows
+            audio = next(i for i in r.inputs if i.stream == "audio/mic0")
+            stages = (r.latency["preprocess"], r.latency["inference"])
+            windows.setdefault(audio.t0, []).append(stages)
+    status, _, err = children.stop(sup)
+    assert status == 0, err
+    for batches in (v for v in windows.values() if len(v) == 3):
+        assert sorted(batches.count(b) for b in set(batches)) == [1, 2], batches
+
+
 def test_a_gap_upstream_is_reported_as_lost_when_the_recording_ends(
     tmp_path: Path, endpoint: str, children: Children
 ) -> None:
