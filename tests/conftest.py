@@ -162,16 +162,24 @@ class Children:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            # a Python child that has to be aborted (stop() below) prints every thread's stack
+            env={"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})},
         )
         self.procs.append(proc)
         return proc
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 10) -> tuple[int, str, str]:
-        """SIGTERM, wait, and return (status, stdout, stderr)."""
+        """SIGTERM, wait, and return (status, stdout, stderr). A child still there after
+        ``timeout`` is aborted (SIGABRT: its threads' stacks on stderr) and the test fails
+        saying where it was stuck."""
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=10)
+            pytest.fail(f"{proc.args} did not stop within {timeout} s of SIGTERM:\n{err[-6000:]}")
         return proc.returncode, out, err
 
     def wait(self, proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
