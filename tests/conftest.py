@@ -179,7 +179,7 @@ class Children:
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             out, err = proc.communicate(timeout=10)
-            pytest.fail(f"{proc.args} did not stop within {timeout} s of SIGTERM:\n{err[-6000:]}")
+            pytest.fail(f"{proc.args!r} did not stop within {timeout} s of SIGTERM:\n{err[-6000:]}")
         return proc.returncode, out, err
 
     def wait(self, proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
