@@ -61,8 +61,11 @@ $(TRITON):
 		'nvidia-pytriton>=0.5' onnxruntime
 	@touch $@
 
+# The unit tests (pure, CPU-bound) on both cores side by side; then everything else, one at
+# a time (real processes and timings). PYTEST_ARGS goes to both runs.
 test: test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 # librosa (the log-mel test's reference) compiles its numba kernels when first imported:
 # ~40 s in a fresh venv. Done once, beside lint and mypy, not inside the first test.
