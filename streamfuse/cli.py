@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -39,17 +40,43 @@ class StopEvent(threading.Event):
     signal: str | None = None
 
 
+_signal_pipe: int | None = None
+"""Write end of the pipe the signal handler writes the signal's number to."""
+_stop_events: list[StopEvent] = []
+"""The event the newest :func:`install_stop_handlers` returned."""
+
+
 def install_stop_handlers() -> StopEvent:
-    """SIGINT and SIGTERM set the returned event; the loops watching it end cleanly."""
+    """SIGINT and SIGTERM set the returned event; the loops watching it end cleanly.
+
+    The handler itself only writes the signal's number to a pipe; a thread sets the event.
+    A handler runs on the main thread between two of its bytecodes, and setting the event
+    there deadlocked whenever the signal came while the main thread held that same event's
+    lock, waiting on it (a camera pacing its frames with ``stop.wait``: it never exited)."""
+    global _signal_pipe
     stop = StopEvent()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.signal = signal.Signals(signum).name
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    _stop_events[:] = [stop]
+    if _signal_pipe is None:
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        threading.Thread(target=_deliver, args=(read,), name="stop-signals", daemon=True).start()
+        _signal_pipe = write
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     return stop
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    assert _signal_pipe is not None
+    with contextlib.suppress(BlockingIOError):  # 64 KiB of signals not yet delivered
+        os.write(_signal_pipe, bytes([signum]))
+
+
+def _deliver(read: int) -> None:
+    while data := os.read(read, 64):
+        for stop in list(_stop_events):
+            stop.signal = signal.Signals(data[-1]).name
+            stop.set()
 
 
 class _Group(click.Group):

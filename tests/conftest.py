@@ -191,7 +191,12 @@ class Children:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-            p.communicate()
+            try:  # a grandchild that outlived it may hold its pipes open: do not wait for ever
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                for pipe in (p.stdout, p.stderr):
+                    if pipe is not None:
+                        pipe.close()
 
 
 @pytest.fixture
