@@ -42,7 +42,7 @@ class StopEvent(threading.Event):
 
 _signal_pipe: int | None = None
 """Write end of the pipe the signal handler writes the signal's number to."""
-_stop_events: list[StopEvent] = []
+_stop: StopEvent | None = None
 """The event the newest :func:`install_stop_handlers` returned."""
 
 
@@ -53,9 +53,8 @@ def install_stop_handlers() -> StopEvent:
     A handler runs on the main thread between two of its bytecodes, and setting the event
     there deadlocked whenever the signal came while the main thread held that same event's
     lock, waiting on it (a camera pacing its frames with ``stop.wait``: it never exited)."""
-    global _signal_pipe
-    stop = StopEvent()
-    _stop_events[:] = [stop]
+    global _signal_pipe, _stop
+    stop = _stop = StopEvent()
     if _signal_pipe is None:
         read, write = os.pipe()
         os.set_blocking(write, False)
@@ -74,7 +73,7 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def _deliver(read: int) -> None:
     while data := os.read(read, 64):
-        for stop in list(_stop_events):
+        if (stop := _stop) is not None:
             stop.signal = signal.Signals(data[-1]).name
             stop.set()
 

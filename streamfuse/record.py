@@ -369,11 +369,11 @@ def record(
     said: tuple[int, int] = (0, 0)
     next_progress = time.monotonic() + progress_s
 
-    def report() -> None:
+    def report(progress: Callable[[dict[str, Any]], None]) -> None:
         nonlocal said, next_progress
         next_progress = time.monotonic() + progress_s
         now = (sum(rec.written.values()), sum(sub.rejected.values()))
-        if progress is not None and now != said:
+        if now != said:
             said = now
             progress({"written": now[0], "rejected": now[1], "bytes": rec.size,
                       "seconds": round(time.monotonic() - start, 3)})  # fmt: skip
@@ -381,7 +381,7 @@ def record(
     try:
         while stopped is None:
             if progress is not None and time.monotonic() >= next_progress:
-                report()
+                report(progress)
             try:
                 item = received.get(timeout=progress_s if progress is not None else None)
             except queue.Empty:
