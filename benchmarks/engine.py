@@ -79,13 +79,15 @@ def parse_drops(text: str) -> dict[str, float]:
     return drops
 
 
-def run(hop_ms: int, seconds: float, cameras: int = 2) -> dict[str, Any]:
+def run(
+    hop_ms: int, seconds: float, cameras: int = 2, size: tuple[int, int] = (640, 480)
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))
     port = free_port()
     names = ["left", "right"] if cameras == 2 else [f"cam{i}" for i in range(cameras)]
     cfg = {
         "cameras": [
-            {"name": n, "source": "synthetic", "fps": 30, "width": 640, "height": 480}
+            {"name": n, "source": "synthetic", "fps": 30, "width": size[0], "height": size[1]}
             for n in names
         ],
         "mic": {"source": "synthetic", "rate": 16000, "window_ms": 1000, "hop_ms": hop_ms},
@@ -174,6 +176,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--repeat", type=int, default=3, help="Runs per rate; the table shows medians.")
     ap.add_argument("--write", type=Path, default=None)
+    ap.add_argument("--cameras", type=int, default=2)
+    ap.add_argument("--size", default="640x480", help="Each camera's frame, WxH.")
     ap.add_argument(
         "--scaling",
         default=None,
@@ -183,15 +187,21 @@ def main() -> None:
     if args.scaling:
         scaling([int(n) for n in args.scaling.split(",")], args)
         return
-    runs = [combine([run(hop, args.seconds) for _ in range(args.repeat)]) for hop in (500, 100)]
+    w, h = (int(x) for x in args.size.split("x"))
+    runs = [
+        combine([run(hop, args.seconds, args.cameras, (w, h)) for _ in range(args.repeat)])
+        for hop in (500, 100)
+    ]
+    default = args.cameras == 2 and args.size == "640x480"
+    shape = "" if default else f" --cameras {args.cameras} --size {args.size}"
     for r in runs:
         print(json.dumps(r, indent=1), flush=True)
     lines = [
-        "## Engine: end to end, 2 cameras 640x480@30 + microphone 16 kHz",
+        f"## Engine: end to end, {args.cameras} cameras {args.size}@30 + microphone 16 kHz",
         "",
-        f"Command: `python benchmarks/engine.py --seconds {args.seconds:g} --repeat {args.repeat} --write docs/benchmarks.md`  ",
+        f"Command: `python benchmarks/engine.py --seconds {args.seconds:g} --repeat {args.repeat}{shape} --write docs/benchmarks.md`  ",
         f"Machine: {platform.machine()}, {cpu_name()}, Python {platform.python_version()}; backend {runs[0]['backend']}  ",
-        "`streamfuse run` with two synthetic camera processes, a synthetic microphone process and the engine; "
+        f"`streamfuse run` with {args.cameras} synthetic camera processes, a synthetic microphone process and the engine; "
         "a Client collects every classification. Added latency = published - later input's capture - inference "
         f"(target p50 <= 2 ms, p99 <= 5 ms). Medians of {args.repeat} runs of {args.seconds:g} s per rate (p99 range in brackets); "
         "degraded, missed and drops are totals over the runs. No peer pipeline measured (none installable does this job).",
@@ -230,7 +240,9 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        write_section(args.write, "engine", table)
+        write_section(
+            args.write, "engine" if default else f"engine-{args.cameras}x{args.size}", table
+        )
 
 
 def scaling(counts: list[int], args: argparse.Namespace) -> None:

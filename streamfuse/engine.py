@@ -54,9 +54,26 @@ HELD_FRAMES = 48
 """Per camera: the latest frames kept as shared-memory views (1.6 s at 30 fps; a camera's
 ring has 64 slots, so it never has to reuse a held one while the engine keeps up)."""
 RESULT_PREFIX = "result/"
-RELOAD = threading.Event()
-"""Set (by the engine process's SIGHUP handler) to make the model watch look now."""
-TICK_S = 0.005
+
+
+class Requests:
+    """Requests counted by a signal handler: it only adds one. (No lock: a handler runs on
+    the main thread between two bytecodes, and one that took a lock the main thread held —
+    ``threading.Event.set`` — deadlocked it.)"""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self) -> None:
+        self.count += 1
+
+
+RELOAD = Requests()
+"""Added to by the engine process's SIGHUP handler: the model watch looks now."""
+IDLE_S = 0.1
+"""The longest the loop waits for input when nothing is due: how soon it sees a stop, a
+model to swap in, a changed model file. Deadlines (a window's, a heartbeat's) wake it on
+time; it does not poll."""
 RELAY_HWM = 10_000
 STANDBY_TICK_S = 0.05
 HANDOVER_MAX = 64
@@ -263,7 +280,12 @@ class Engine:
                 pub.send(RESULT_PREFIX + msg.stream, msg)
             sources = set(self.cameras) | {self.mic}
             while not stop.is_set():
-                env = sub.recv(timeout=TICK_S if not self._inflight else 0.001)
+                now = time.monotonic_ns()
+                wake = min(now + int(IDLE_S * 1e9), last_hb + 1_000_000_000)
+                if (due := self.due()) is not None:
+                    wake = min(wake, due)
+                # (remote requests out: their answers are looked for every millisecond)
+                env = sub.recv(timeout=0.001 if self._inflight else max(0, wake - now) / 1e9)
                 now = time.monotonic_ns()
                 watch.poll(now)  # a new model, loaded and warm: served from here
                 try:
@@ -368,6 +390,17 @@ class Engine:
             self._arrivals.popitem(last=False)
         bundles = self.sync.push(env, pushed)
         return [s for b in bundles for s in self._samples(b)] + self._camera_only(now)
+
+    def due(self) -> int | None:
+        """When a :meth:`tick` next has something to do if nothing arrives: a window's
+        deadline or, the microphone silent, the next camera-only round; None: only input."""
+        due = self.sync.due()
+        if self.model.image is not None and self.mic not in self._ended:
+            silent_ns = int(self.cfg.engine.mic_timeout_ms * 1e6)
+            hop_ns = int(self.cfg.mic.hop_ms * 1e6)
+            rounds = max(self._last_audio_ns + silent_ns, self._last_camera_only + hop_ns)
+            due = rounds if due is None else min(due, rounds)
+        return due
 
     def _map_clock(self, topic: str, env: Envelope) -> Envelope | None:
         """A message from another box, its t_capture put on this box's clock through its
@@ -814,7 +847,7 @@ class ModelWatch:
         self._seen = engine._model_signature
         self._pending: tuple[int, int, int] | None = None
         self._checked = 0
-        self.requested = RELOAD
+        self._requested = RELOAD.count
         self._ready: tuple[ModelInfo, Backend, Preprocessor] | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -827,13 +860,13 @@ class ModelWatch:
                 self.engine.swap(*ready)
         if self._thread is not None and self._thread.is_alive():
             return
-        forced = self.requested.is_set()
+        forced = RELOAD.count != self._requested
         if not forced and now - self._checked < self.CHECK_NS:
             return
         self._checked = now
         sig = _signature(self.path)
         if forced:
-            self.requested.clear()
+            self._requested = RELOAD.count
         elif sig == self._seen:
             self._pending = None
             return

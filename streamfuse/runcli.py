@@ -174,7 +174,7 @@ def engine(
 
     cfg = load_config(config_path)
     stop = install_stop_handlers()
-    signal.signal(signal.SIGHUP, lambda *_: RELOAD.set())  # hot swap (even while loading)
+    signal.signal(signal.SIGHUP, lambda *_: RELOAD.add())  # hot swap (even while loading)
     eng = Engine(cfg)
     waiting = Standby(sys.stdin.fileno(), stop) if standby else None
     ended = eng.run(

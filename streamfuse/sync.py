@@ -229,6 +229,16 @@ class Synchronizer:
         self._forget(now)
         return out
 
+    def due(self) -> int | None:
+        """When :meth:`poll` will next release a bundle if nothing more arrives (the head
+        window's deadline, or approximate-time's ``max_wait`` past its oldest message); None
+        while only new input can. A loop can wait for input until then instead of polling."""
+        if self._approx:
+            oldest = self._ros.oldest()
+            wait = self.config.max_wait
+            return None if wait is None or oldest is None else oldest + wait
+        return self._windows[0].t1 + (self.config.max_wait or 0) if self._windows else None
+
     def _add_to_queue(self, topic: str, t: int, env: Envelope) -> None:
         q = self._queues[topic]
         if self._floor is not None and t < self._floor - self.config.tolerance:

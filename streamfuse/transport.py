@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
@@ -675,7 +676,7 @@ class Sources:
         n = len(self._subs)
         while True:
             left = None if deadline is None else deadline - time.monotonic()
-            ms = None if left is None else max(0, int(left * 1000))
+            ms = None if left is None else max(0, math.ceil(left * 1000))  # (not early)
             ready = {sock for sock, _ in self._poller.poll(ms)}
             for sock in ready & self._monitors.keys():
                 self._monitors[sock].count_handshakes()

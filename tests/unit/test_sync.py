@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from dataclasses import dataclass
@@ -507,6 +508,29 @@ def test_every_message_is_paired_dropped_by_reason_or_still_held(
             assert len(envs) <= k
             for e in envs:
                 assert min(abs(e.header.t_capture - x) for x in targets) <= cfg.tolerance
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(drawn(), st.booleans())
+def test_due_is_exactly_when_the_next_bundle_leaves_with_nothing_new(
+    world: tuple[SyncConfig, list[tuple[int, Envelope | None]]], approx: bool
+) -> None:
+    """The engine waits for input until ``due()`` instead of polling: with nothing more
+    arriving, no bundle leaves a nanosecond before it and one leaves at it; None: none ever."""
+    cfg, events = world
+    if approx:  # the same messages through approximate-time (its streams: cameras + mic)
+        cfg = SyncConfig(cameras=(*cfg.cameras, "audio/m"), policy="approximate-time",
+                         max_wait=cfg.max_wait or None, max_frames=cfg.max_frames)  # fmt: skip
+    sync = Synchronizer(cfg)
+    for now, env in events:
+        sync.poll(now) if env is None else sync.push(env, now)
+        due, probe = sync.due(), copy.deepcopy(sync)
+        if due is None:
+            assert probe.poll(now + 100 * S) == []
+            continue
+        assert due > now  # what was due by now has left
+        assert probe.poll(due - 1) == []
+        assert len(probe.poll(due)) >= 1
 
 
 #: Every SyncConfig refusal: (the settings, the field named, the whole message).
