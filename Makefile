@@ -85,6 +85,7 @@ wheel-check:
 	scripts/check-wheel.sh
 
 bench: $(DEV)
+	$(PIP) install --quiet -e '.[peers]'
 	$(PY) benchmarks/transport.py --write docs/benchmarks.md
 	$(PY) benchmarks/sync.py --write docs/benchmarks.md
 	$(PY) benchmarks/model.py --write docs/benchmarks.md

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -44,6 +45,31 @@ def _pace(i: int, start: int, rate: float | None) -> None:
 
 def _frame(shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+
+
+class _Arrivals:
+    """Latencies gathered by a callback on a library's own thread, until ``n`` came or ten
+    seconds passed with nothing new (the rest counts as lost)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.lat: list[int] = []
+        self.times: list[int] = []
+        self.done = threading.Event()
+
+    def add(self, now: int, sent: int) -> None:
+        self.lat.append(now - sent)
+        self.times.append(now)
+        if len(self.lat) >= self.n:
+            self.done.set()
+
+    def wait(self) -> None:
+        last = -1
+        while not self.done.wait(10) and len(self.lat) != last:
+            last = len(self.lat)
+
+    def span(self) -> float:
+        return (self.times[-1] - self.times[0]) / 1e9 if len(self.times) > 1 else 0.0
 
 
 # -- iceoryx2 ------------------------------------------------------------------------------
@@ -170,31 +196,39 @@ def ecal_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> No
 
 
 def ecal_recv(ep: str, n: int) -> tuple[list[int], float]:
-    ecal = _ecal_init("sf-bench-recv")
-    lat: list[int] = []
-    times: list[int] = []
-    done = threading.Event()
+    """In a process of its own: eCAL initialized and finalized over and over in one process
+    (the benchmark's parent) once failed to open its shared memory (``shm_open: Invalid
+    argument``) and received nothing."""
+    ctx = mp.get_context("spawn")
+    mine, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_ecal_recv_main, args=(ep, n, theirs))
+    proc.start()
+    theirs.close()
+    got: tuple[list[int], float] = mine.recv() if mine.poll(120) else ([], 0.0)
+    proc.join(10)
+    return got
 
-    def on_data(_pub: object, _type: object, data: Any) -> None:
+
+def _ecal_recv_main(ep: str, n: int, out: Any) -> None:
+    out.send(_ecal_recv(ep, n))
+
+
+def _ecal_recv(ep: str, n: int) -> tuple[list[int], float]:
+    ecal = _ecal_init("sf-bench-recv")
+    got = _Arrivals(n)
+
+    def on_data(_pub: object, _type: object, data: Any) -> None:  # (on eCAL's thread)
         now = time.monotonic_ns()
         np.frombuffer(data.buffer, np.uint8)  # the pixels
-        lat.append(now - data.send_timestamp * 1000)
-        times.append(now)
-        if len(lat) >= n:
-            done.set()
+        # (microseconds: the one-microsecond resolution of eCAL's send time costs < 1 us)
+        got.add(now, data.send_timestamp * 1000)
 
     sub = ecal.Subscriber(ep, ecal.DataTypeInformation(), ecal.get_subscriber_configuration())
     sub.set_receive_callback(on_data)
-    last = -1
-    while not done.wait(10):  # ten seconds with nothing new: the rest is lost
-        if len(lat) == last:
-            break
-        last = len(lat)
+    got.wait()
     sub.remove_receive_callback()
     ecal.finalize()
-    # (microseconds: the one-microsecond resolution of eCAL's send time costs < 1 us)
-    span = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
-    return lat, span
+    return got.lat, got.span()
 
 
 # -- Zenoh -------------------------------------------------------------------------------------
@@ -253,25 +287,15 @@ def zenoh_recv(ep: str, n: int) -> tuple[list[int], float]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-    lat: list[int] = []
-    times: list[int] = []
-    done = threading.Event()
+    got = _Arrivals(n)
 
     def on_sample(sample: Any) -> None:  # (on Zenoh's thread, as its examples do)
         now = time.monotonic_ns()
         np.frombuffer(sample.payload.to_bytes(), np.uint8)  # the pixels
-        lat.append(now - int.from_bytes(sample.attachment.to_bytes(), "little"))
-        times.append(now)
-        if len(lat) >= n:
-            done.set()
+        got.add(now, int.from_bytes(sample.attachment.to_bytes(), "little"))
 
     sub = session.declare_subscriber("sf/bench", on_sample)
-    last = -1
-    while not done.wait(10):  # ten seconds with nothing new: the rest is lost
-        if len(lat) == last:
-            break
-        last = len(lat)
+    got.wait()
     sub.undeclare()
     session.close()
-    span = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
-    return lat, span
+    return got.lat, got.span()

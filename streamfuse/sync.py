@@ -224,7 +224,7 @@ class Synchronizer:
         return self.poll(now)
 
     def poll(self, now: int) -> list[Bundle]:
-        """Return the bundles due at ``now`` (call it when nothing arrives, e.g. every 10 ms)."""
+        """Return the bundles due at ``now`` (call it when nothing arrived by :meth:`due`)."""
         out = self._poll_approx(now) if self._approx else self._poll_windows(now)
         self._forget(now)
         return out
