@@ -105,6 +105,10 @@ def test_lockstep_is_the_same_bytes_on_another_cpu() -> None:
             capture_output=True,
             text=True,
             timeout=300,
+            # On an AMD EPYC host OpenBLAS's own detection took a kernel the emulated Nehalem
+            # lacks (numpy's import-time sanity dot died of SIGILL; earlier hosts did not):
+            # name the core type, as that machine's own detection would find it.
+            env={**os.environ, "OPENBLAS_CORETYPE": "Nehalem"},
         )
         native = run_cli(*cli, timeout=120)
         emulated = emulating.result()
