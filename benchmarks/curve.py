@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from model import cpu_name
-from transport import _pace, write_section
+from peers import frame, pace
+from transport import write_section
 
 from streamfuse.messages import VideoFrame
 from streamfuse.security import CurveClient, CurveServer, generate_keys, load_secret
@@ -38,12 +39,12 @@ def send(ep: str, shape: tuple[int, ...], n: int, rate: float | None, keys: str 
     if keys:
         public, secret = load_secret(f"{keys}/sender.key_secret", "sender")
         curve = CurveServer(public, secret, authorized=f"{keys}/allowed")
-    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    img = frame(shape)
     with Publisher(ep, sndhwm=8, lossless=True, curve=curve) as pub:
         pub.wait_for_subscriber(20)
         start = time.monotonic_ns()
         for i in range(n):
-            _pace(i, start, rate)
+            pace(i, start, rate)
             hdr = VideoFrame(
                 stream="bench", seq=i, t_capture=time.monotonic_ns(), width=shape[1],
                 height=shape[0],

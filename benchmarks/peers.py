@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import json
 import multiprocessing as mp
-import os
 import threading
 import time
 from typing import Any
@@ -36,20 +35,23 @@ HEAD = ctypes.sizeof(_T)
 DEPTH = 8  # samples in flight before the sender waits (streamfuse's HWM and ring size)
 
 
-def _pace(i: int, start: int, rate: float | None) -> None:
+def pace(i: int, start: int, rate: float | None) -> None:
+    """Sleep until frame ``i`` is due at ``rate`` per second from ``start`` (None: at once)."""
     if rate:
         delay = start + i * 1e9 / rate - time.monotonic_ns()
         if delay > 0:
             time.sleep(delay / 1e9)
 
 
-def _frame(shape: tuple[int, ...]) -> np.ndarray:
+def frame(shape: tuple[int, ...]) -> np.ndarray:
+    """The frame every sender sends: random pixels, the same each run."""
     return np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
 
 
 class _Arrivals:
-    """Latencies gathered by a callback on a library's own thread, until ``n`` came or ten
-    seconds passed with nothing new (the rest counts as lost)."""
+    """Latencies as frames arrive (from a callback on a library's own thread, or a loop),
+    until ``n`` came or, in :meth:`wait`, ten seconds passed with nothing new (the rest
+    counts as lost)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -75,7 +77,7 @@ class _Arrivals:
 # -- iceoryx2 ------------------------------------------------------------------------------
 
 
-def _iox_service(name: str, nbytes: int) -> tuple[Any, Any, Any]:
+def _iox_service(name: str) -> tuple[Any, Any, Any]:
     import iceoryx2 as iox2
 
     iox2.set_log_level(iox2.LogLevel.Error)
@@ -95,9 +97,9 @@ def _iox_service(name: str, nbytes: int) -> tuple[Any, Any, Any]:
 def iox_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None:
     import iceoryx2 as iox2
 
-    img = _frame(shape)
+    img = frame(shape)
     nbytes = img.nbytes
-    _node, svc, event = _iox_service(ep, nbytes)  # (the node lives as long as its ports)
+    _node, svc, event = _iox_service(ep)  # (the node lives as long as its ports)
     pub = (
         svc.publisher_builder()
         .initial_max_slice_len(HEAD + nbytes)
@@ -111,7 +113,7 @@ def iox_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> Non
     pub.update_connections()
     start = time.monotonic_ns()
     for i in range(n):
-        _pace(i, start, rate)
+        pace(i, start, rate)
         sample = pub.loan_slice_uninit(HEAD + nbytes)
         ptr = sample.payload().as_ptr()
         view = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(ptr + HEAD), np.uint8)
@@ -125,15 +127,14 @@ def iox_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> Non
 def iox_recv(ep: str, n: int) -> tuple[list[int], float]:
     import iceoryx2 as iox2
 
-    _node, svc, event = _iox_service(ep, 0)
+    _node, svc, event = _iox_service(ep)
     sub = svc.subscriber_builder().buffer_size(DEPTH).create()
     listener = event.listener_builder().create()
     waitset = iox2.WaitSetBuilder.new().create(iox2.ServiceType.Ipc)
     guard = waitset.attach_notification(listener)
-    lat: list[int] = []
-    first = None
+    got = _Arrivals(n)
     timeout = iox2.Duration.from_secs(10)
-    while len(lat) < n:
+    while not got.done.is_set():
         events, _ = waitset.wait_and_process_with_timeout(timeout)
         if not events:
             break
@@ -142,15 +143,13 @@ def iox_recv(ep: str, n: int) -> tuple[list[int], float]:
                 listener.try_wait()  # (consume the wake-ups)
         while (sample := sub.receive()) is not None:
             now = time.monotonic_ns()
-            first = first or now
             payload = sample.payload()
             ptr, size = payload.as_ptr(), payload.len()
             # what an application does: a (H, W, 3) view of the pixels, in place
             np.frombuffer((ctypes.c_uint8 * (size - HEAD)).from_address(ptr + HEAD), np.uint8)
-            lat.append(now - _T.from_address(ptr).value)
+            got.add(now, _T.from_address(ptr).value)
             sample.delete()
-    span = (time.monotonic_ns() - first) / 1e9 if first else 0.0
-    return lat, span
+    return got.lat, got.span()
 
 
 # -- eCAL ------------------------------------------------------------------------------------
@@ -177,20 +176,17 @@ def _ecal_init(name: str) -> Any:
 
 def ecal_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None:
     ecal = _ecal_init("sf-bench-send")
-    img = _frame(shape)
+    img = frame(shape)
     # (the constructor's default is a default configuration, not the one initialized)
     pub = ecal.Publisher(ep, ecal.DataTypeInformation(), ecal.get_publisher_configuration())
     deadline = time.monotonic() + 15
     while pub.get_subscriber_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(
-        float(os.environ.get("SF_ECAL_SETTLE", "0.5"))
-    )  # (registered before its reader is up)
+    time.sleep(0.5)  # (a subscriber is registered before its shared-memory reader is up)
     start = time.monotonic_ns()
     for i in range(n):
-        _pace(i, start, rate)
-        data = img.tobytes()  # the Python API sends bytes
-        pub.send(data, time.monotonic_ns() // 1000)
+        pace(i, start, rate)
+        pub.send(img.tobytes(), time.monotonic_ns() // 1000)  # (its Python API sends bytes)
     time.sleep(0.5)
     ecal.finalize()
 
@@ -251,7 +247,7 @@ def zenoh_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> N
     import zenoh
     from zenoh import shm
 
-    img = _frame(shape)
+    img = frame(shape)
     port = int(ep.rsplit(":", 1)[1])
     session = _zenoh(port, listen=True)
     pub = session.declare_publisher(
@@ -265,12 +261,11 @@ def zenoh_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> N
     while not pub.matching_status.matching and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    flat = img.reshape(-1)
     start = time.monotonic_ns()
     for i in range(n):
-        _pace(i, start, rate)
+        pace(i, start, rate)
         buf = provider.alloc(img.nbytes, policy)
-        buf[:] = flat.tobytes()  # the readout, into the buffer (its API takes bytes)
+        buf[:] = img.tobytes()  # the readout, into the buffer (its API takes bytes)
         pub.put(buf, attachment=time.monotonic_ns().to_bytes(8, "little"))
     time.sleep(0.5)
     session.close()

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers
+from peers import frame, pace
 
 SIZES = {"640x480": (480, 640, 3), "1920x1080": (1080, 1920, 3), "3840x2160": (2160, 3840, 3)}
 if os.environ.get("SF_SIZES"):
@@ -36,13 +37,6 @@ if os.environ.get("SF_SIZES"):
 FULL_N = {"640x480": 1500, "1920x1080": 400, "3840x2160": 120}
 PACED_N = 150  # 5 s at 30 Hz
 SF_HWM = int(os.environ.get("SF_HWM", "8"))
-
-
-def _pace(i: int, start: int, rate: float | None) -> None:
-    if rate:
-        delay = start + i * 1e9 / rate - time.monotonic_ns()
-        if delay > 0:
-            time.sleep(delay / 1e9)
 
 
 # -- streamfuse --------------------------------------------------------------------------
@@ -54,16 +48,16 @@ def sf_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None, mode: s
     (copied into the slot), ``socket`` turns shared memory off (the payload crosses the socket)."""
     from streamfuse import Publisher, VideoFrame
 
-    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    img = frame(shape)
     with Publisher(ep, sndhwm=SF_HWM, lossless=True, shm=mode != "socket") as pub:
         pub.wait_for_subscriber(10)
         start = time.monotonic_ns()
         for i in range(n):
-            _pace(i, start, rate)
-            frame = img
+            pace(i, start, rate)
+            pixels = img
             if mode == "loan":  # the sensor's readout, before its capture time is taken
-                frame = pub.loan("video/bench", shape)
-                frame[...] = img
+                pixels = pub.loan("video/bench", shape)
+                pixels[...] = img
             hdr = VideoFrame(
                 stream="bench",
                 seq=i,
@@ -71,7 +65,7 @@ def sf_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None, mode: s
                 width=shape[1],
                 height=shape[0],
             )
-            pub.send("video/bench", hdr, frame)
+            pub.send("video/bench", hdr, pixels)
 
 
 def sf_recv(ep: str, n: int, copy: bool = True) -> tuple[list[int], float]:
@@ -98,11 +92,11 @@ def sf_recv(ep: str, n: int, copy: bool = True) -> tuple[list[int], float]:
 def izmq_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None:
     import imagezmq
 
-    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    img = frame(shape)
     sender = imagezmq.ImageSender(connect_to=ep)
     start = time.monotonic_ns()
     for i in range(n):
-        _pace(i, start, rate)
+        pace(i, start, rate)
         sender.send_image(str(time.monotonic_ns()), img)
     sender.close()
 
@@ -130,10 +124,10 @@ _QUEUE: Any = None
 
 
 def mpq_send(ep: str, shape: tuple[int, ...], n: int, rate: float | None) -> None:
-    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    img = frame(shape)
     start = time.monotonic_ns()
     for i in range(n):
-        _pace(i, start, rate)
+        pace(i, start, rate)
         _QUEUE.put((time.monotonic_ns(), img))
 
 
@@ -165,15 +159,14 @@ PEERS: dict[str, tuple[Callable[..., None], Callable[..., tuple[list[int], float
     "imagezmq": (izmq_send, izmq_recv),
     "multiprocessing.Queue": (mpq_send, mpq_recv),
 }
-MODULES = {"iceoryx2": "iceoryx2", "eCAL": "ecal.nanobind_core", "Zenoh": "zenoh"}
+PACKAGES = {"iceoryx2": "iceoryx2", "eCAL": "ecal", "Zenoh": "zenoh"}
 """The peers that need a package, by the first word of their name."""
-ABSENT: dict[str, str] = {}
-for _peer in list(PEERS):
-    if (_mod := MODULES.get(_peer.split()[0])) and importlib.util.find_spec(
-        _mod.split(".")[0]
-    ) is None:
-        ABSENT[_peer] = f"{_mod.split('.')[0]} is not installed"
-        del PEERS[_peer]
+ABSENT = {
+    peer: f"{pkg} is not installed"
+    for peer in PEERS
+    if (pkg := PACKAGES.get(peer.split()[0])) and importlib.util.find_spec(pkg) is None
+}
+PEERS = {k: v for k, v in PEERS.items() if k not in ABSENT}
 if os.environ.get("SF_PEERS"):  # e.g. SF_PEERS=iceoryx2,streamfuse shm+loan
     PEERS = {
         k: v
