@@ -176,8 +176,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--repeat", type=int, default=3, help="Runs per rate; the table shows medians.")
     ap.add_argument("--write", type=Path, default=None)
-    ap.add_argument("--cameras", type=int, default=2)
-    ap.add_argument("--size", default="640x480", help="Each camera's frame, WxH.")
+    ap.add_argument("--cameras", type=_positive, default=2)
+    ap.add_argument("--size", type=_size, default=(640, 480), help="Each camera's frame, WxH.")
     ap.add_argument(
         "--scaling",
         default=None,
@@ -187,17 +187,17 @@ def main() -> None:
     if args.scaling:
         scaling([int(n) for n in args.scaling.split(",")], args)
         return
-    w, h = (int(x) for x in args.size.split("x"))
     runs = [
-        combine([run(hop, args.seconds, args.cameras, (w, h)) for _ in range(args.repeat)])
+        combine([run(hop, args.seconds, args.cameras, args.size) for _ in range(args.repeat)])
         for hop in (500, 100)
     ]
-    default = args.cameras == 2 and args.size == "640x480"
-    shape = "" if default else f" --cameras {args.cameras} --size {args.size}"
+    size = "{}x{}".format(*args.size)
+    default = args.cameras == 2 and args.size == (640, 480)
+    shape = "" if default else f" --cameras {args.cameras} --size {size}"
     for r in runs:
         print(json.dumps(r, indent=1), flush=True)
     lines = [
-        f"## Engine: end to end, {args.cameras} cameras {args.size}@30 + microphone 16 kHz",
+        f"## Engine: end to end, {args.cameras} cameras {size}@30 + microphone 16 kHz",
         "",
         f"Command: `python benchmarks/engine.py --seconds {args.seconds:g} --repeat {args.repeat}{shape} --write docs/benchmarks.md`  ",
         f"Machine: {platform.machine()}, {cpu_name()}, Python {platform.python_version()}; backend {runs[0]['backend']}  ",
@@ -240,9 +240,20 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        write_section(
-            args.write, "engine" if default else f"engine-{args.cameras}x{args.size}", table
-        )
+        write_section(args.write, "engine" if default else f"engine-{args.cameras}x{size}", table)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}")
+    return int(w), int(h)
 
 
 def scaling(counts: list[int], args: argparse.Namespace) -> None:
